@@ -1,0 +1,89 @@
+"""What the gateway needs from an engine, whichever runs underneath (embedded or vLLM).
+
+The gateway resolves ``model`` to an :class:`AdapterRef` (or ``None`` for the bare base),
+builds a :class:`GenerationRequest`, and formats the :class:`GenerationChunk` stream as OpenAI
+responses itself, so ids, errors and headers are the same on every engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter version as an engine sees it.
+
+    ``engine_name`` is immutable per version (derived from the version id): engines cache
+    weights by name, so new weights always get a new name.
+    """
+
+    engine_name: str
+    path: Path
+    version_id: str
+    use_dora: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationRequest:
+    """Exactly one of ``messages`` (chat) or ``prompt`` (text completion) is set."""
+
+    request_id: str
+    adapter: AdapterRef | None
+    sampling: SamplingParams
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationChunk:
+    """A delta of generated text.  The last chunk has ``finish_reason`` set ("stop" | "length")."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+# Called before any adapter is loaded; raises AdapterLoadRefused when it must not be.
+Verifier = Callable[[AdapterRef], None]
+
+
+class Engine(Protocol):
+    """The engine contract.  Implementations: embedded.EmbeddedEngine, vllm.VLLMEngine."""
+
+    base_model_name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Verify and load ``adapter``; idempotent; concurrent calls for one name load once."""
+
+    async def unload_adapter(self, engine_name: str) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream deltas.  Closing the iterator (client gone) cancels the generation."""
+        ...
+
+    def loaded_adapters(self) -> list[str]: ...
