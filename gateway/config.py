@@ -1,17 +1,24 @@
 """One settings object for the whole product; every field is an env var ``FLYWHEEL_<NAME>``.
 
-Each field is documented in docs/configuration.md.  Defaults work on a fresh laptop: SQLite
-under the data directory, the embedded engine, and a demo base built on first start.
+Each field's description is the documentation: docs/configuration.md is generated from this
+class (``python -m gateway.config``) and a test checks the two agree.  Defaults work on a fresh
+laptop: SQLite under the data directory, the embedded engine, a demo base built on first start.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEV_SECRET = "dev-only-feedback-secret-change-me"
+
+
+def _f(default: Any, doc: str) -> Any:
+    return Field(default=default, description=doc)
 
 
 class Settings(BaseSettings):
@@ -19,62 +26,135 @@ class Settings(BaseSettings):
         env_prefix="FLYWHEEL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
     )
 
-    environment: Literal["development", "production"] = "development"
-    data_dir: Path = Path(".flywheel")
-    database_url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/flywheel.db
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # --- general ------------------------------------------------------------------------------
+    environment: Literal["development", "production"] = _f(
+        "development",
+        "`production` refuses development secrets and creates no keys by itself.",
+    )
+    data_dir: Path = _f(
+        Path(".flywheel"),
+        "Where the SQLite file, demo base, artifact store, spool and dev keys live.",
+    )
+    database_url: str = _f(
+        "",
+        "SQLAlchemy async URL. Empty: `sqlite+aiosqlite:///<data_dir>/flywheel.db`. "
+        "PostgreSQL: `postgresql+asyncpg://user:pass@host/db`.",
+    )
+    host: str = _f("127.0.0.1", "Address `flywheel serve` binds.")
+    port: int = _f(8000, "Port `flywheel serve` listens on.")
+    gateway_url: str = _f(
+        "",
+        "Where the CLI reaches a running gateway's admin API (promote, rollback). "
+        "Empty: `http://<host>:<port>`.",
+    )
 
-    # Engine
-    engine: Literal["embedded", "vllm"] = "embedded"
-    base_model: str = ""  # local path or hub id; empty: build the demo base under data_dir
-    base_model_name: str = ""  # name clients use for the bare base; empty: derived
-    device: str = "cpu"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_size: int = 16
-    max_model_len: int = 2048
-    max_lora_rank: int = 64
-    max_loras: int = 64  # adapters resident in the embedded engine at once
-    demo_bootstrap: bool = True
+    # --- engine -------------------------------------------------------------------------------
+    engine: Literal["embedded", "vllm"] = _f(
+        "embedded", "`embedded` (transformers + PEFT in process) or `vllm` (remote replicas)."
+    )
+    base_model: str = _f(
+        "",
+        "Base model: a local path or a hub id already in the local cache. Empty: build the "
+        "demo base under `<data_dir>/models/demo-base`.",
+    )
+    base_model_name: str = _f(
+        "",
+        "The `model` name clients use for the bare base. Empty: the directory name or hub id "
+        "(`flywheel-demo-base` for the demo).",
+    )
+    device: str = _f("cpu", "Torch device of the embedded engine (`cpu`, `cuda`, `cuda:1`).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "Embedded engine dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
+    )
+    max_batch_size: int = _f(16, "Most requests the embedded engine runs in one batch.")
+    max_model_len: int = _f(2048, "Prompt plus completion tokens allowed per request.")
+    max_lora_rank: int = _f(64, "Highest LoRA rank accepted at registration.")
+    max_loras: int = _f(64, "Adapters resident in the embedded engine at once (LRU beyond that).")
+    demo_bootstrap: bool = _f(
+        True, "On first start with an empty database, create two demo tenants and adapters."
+    )
 
-    # vLLM backend
-    vllm_urls: str = ""  # comma separated
-    vllm_api_key: SecretStr | None = None
-    vllm_max_adapters_per_replica: int = 8
-    vllm_health_interval_s: float = 5.0
-    vllm_request_timeout_s: float = 600.0
+    # --- vLLM backend -------------------------------------------------------------------------
+    vllm_urls: str = _f("", "Comma-separated vLLM server URLs, e.g. `http://a:8000,http://b:8000`.")
+    vllm_api_key: SecretStr | None = _f(None, "API key sent to the vLLM servers, if any.")
+    vllm_max_adapters_per_replica: int = _f(
+        8, "Adapters registered per vLLM replica; match vLLM's `--max-cpu-loras`."
+    )
+    vllm_health_interval_s: float = _f(5.0, "Seconds between replica health checks.")
+    vllm_request_timeout_s: float = _f(600.0, "Timeout of one upstream request.")
 
-    # API limits
-    max_body_bytes: int = 1_000_000
-    max_tokens_limit: int = 4096
-    default_max_tokens: int = 256
-    default_rpm: int = 600
-    default_tpm: int = 200_000
-    redis_url: str = ""
-    rate_limit_fail_open: bool = True
+    # --- API limits ---------------------------------------------------------------------------
+    auth_cache_ttl_s: float = _f(
+        0.0,
+        "Seconds an API-key lookup is reused. 0: ask the database per request (revocation is "
+        "immediate); the cache is still used while the database is unreachable.",
+    )
+    route_cache_ttl_s: float = _f(
+        0.0,
+        "Seconds a model-to-adapter-version lookup is reused; 0 makes promotions visible to "
+        "every replica on its next request.",
+    )
+    max_body_bytes: int = _f(1_000_000, "Largest request body; larger gets 413.")
+    max_tokens_limit: int = _f(4096, "Largest `max_tokens` a request may ask for.")
+    default_max_tokens: int = _f(256, "`max_tokens` when a request gives none.")
+    default_rpm: int = _f(600, "Requests per minute per tenant, unless the tenant overrides.")
+    default_tpm: int = _f(200_000, "Tokens per minute per tenant, unless overridden.")
+    redis_url: str = _f(
+        "", "Redis for rate limits shared by gateway replicas. Empty: in-process limits."
+    )
+    rate_limit_fail_open: bool = _f(
+        True, "When Redis is down: true lets requests through (logged), false answers 503."
+    )
 
-    # Feedback and logging
-    log_queue_size: int = 10_000
-    log_batch_size: int = 500
-    log_flush_interval_s: float = 0.2
-    feedback_token_secret: SecretStr = SecretStr("dev-only-feedback-secret-change-me")
-    feedback_token_ttl_s: int = 4 * 3600
+    # --- completion log and feedback ----------------------------------------------------------
+    log_queue_size: int = _f(
+        10_000, "Completion rows held in memory before spilling to the disk spool."
+    )
+    log_batch_size: int = _f(500, "Completion rows per database write.")
+    log_flush_interval_s: float = _f(0.2, "Longest a row waits before its batch is written.")
+    feedback_token_secret: SecretStr = _f(
+        SecretStr(_DEV_SECRET),
+        "Key that signs browser feedback tokens. Must be set in production.",
+    )
+    feedback_token_ttl_s: int = _f(4 * 3600, "Lifetime of a browser feedback token.")
 
-    # Signing
-    signing_public_key: Path | None = None  # empty: <data_dir>/signing/signing.pub if present
-    signing_private_key: Path | None = None
-    signing_mode: Literal["key", "sigstore"] = "key"
-    require_signed_adapters: bool = True
+    # --- signing ------------------------------------------------------------------------------
+    signing_public_key: Path | None = _f(
+        None, "Trusted public key for adapter signatures. Empty: `<data_dir>/signing/signing.pub`."
+    )
+    signing_private_key: Path | None = _f(
+        None,
+        "Private key used by `adapters add --sign` and the retrain worker. Keep it off gateway "
+        "hosts. Empty: `<data_dir>/signing/signing.key`.",
+    )
+    signing_mode: Literal["key", "sigstore"] = _f(
+        "key", "`key` (default) or `sigstore` keyless signing (needs network, OIDC identity)."
+    )
+    require_signed_adapters: bool = _f(True, "Refuse to load an adapter without a valid signature.")
 
-    # Admin
-    admin_token: SecretStr | None = None
+    # --- retraining and the gate --------------------------------------------------------------
+    retrain_min_rows: int = _f(16, "Fewest feedback rows a round trains on; fewer is refused.")
+    retrain_heldout_fraction: float = _f(0.2, "Share of a round's feedback held out for the gate.")
+    retrain_round_timeout_s: float = _f(
+        3600.0, "A running round whose worker stopped heartbeating this long is retried."
+    )
+    retrain_max_attempts: int = _f(3, "Attempts before a round is marked failed.")
+    gate_max_tokens: int = _f(64, "Tokens generated per golden prompt by the gate.")
 
-    # Metrics
-    metrics_tenant_label: bool = True
-
-    log_level: str = "INFO"
-    log_json: bool = True
-    log_debug_content: bool = False
+    # --- admin, metrics, logs -----------------------------------------------------------------
+    admin_token: SecretStr | None = _f(
+        None,
+        "An admin token accepted besides the hashed ones in the database (`flywheel admin "
+        "token-create`). In development one is kept in `<data_dir>/admin-token`.",
+    )
+    metrics_tenant_label: bool = _f(
+        True, "Label metrics by tenant; switch off when tenants are many (cardinality)."
+    )
+    log_level: str = _f("INFO", "Python log level.")
+    log_json: bool = _f(True, "JSON log lines (one object per line).")
+    log_debug_content: bool = _f(
+        False, "Include prompt and response text in logs (debugging only)."
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -88,6 +168,10 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'flywheel.db'}"
 
     @property
+    def resolved_gateway_url(self) -> str:
+        return self.gateway_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    @property
     def artifact_dir(self) -> Path:
         return self.data_dir / "artifacts"
 
@@ -97,9 +181,10 @@ class Settings(BaseSettings):
 
     def check_production(self) -> None:
         """Refuse the development secrets outside development."""
-        if self.environment == "production":
-            if self.feedback_token_secret.get_secret_value().startswith("dev-only"):
-                raise ValueError("FLYWHEEL_FEEDBACK_TOKEN_SECRET must be set in production")
+        if self.environment == "production" and (
+            self.feedback_token_secret.get_secret_value() == _DEV_SECRET
+        ):
+            raise ValueError("FLYWHEEL_FEEDBACK_TOKEN_SECRET must be set in production")
 
 
 @lru_cache
@@ -107,4 +192,29 @@ def get_settings() -> Settings:
     return Settings()
 
 
-__all__ = ["Field", "Settings", "get_settings"]
+def render_docs() -> str:
+    """docs/configuration.md, generated from the fields above."""
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable (or a line in `.env`). This page is generated",
+        "from `gateway/config.py` by `python -m gateway.config > docs/configuration.md`;",
+        "`tests/test_config.py` fails when the two disagree.",
+        "",
+        "| variable | default | what it does |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            shown = "(development value)"
+        elif default in ("", None):
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        lines.append(f"| `FLYWHEEL_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_docs(), end="")

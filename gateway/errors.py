@@ -11,7 +11,9 @@
      +-- RateLimited (429, carries retry_after)
      +-- EngineError (500 server_error)
      |    +-- AdapterLoadRefused       unverified or unloadable adapter; the old route keeps serving
-     +-- EngineUnavailable (503, carries retry_after)
+     +-- ServiceUnavailable (503, carries retry_after)
+          +-- EngineUnavailable        every engine replica is down
+          +-- DatabaseUnavailable      no database and nothing cached to answer from
 
 The API renders every one of them once, in gateway/api/errors.py, as
 ``{"error": {"message", "type", "param", "code"}}``.  The CLI prints ``message``.
@@ -101,11 +103,19 @@ class AdapterLoadRefused(EngineError):
     code = "adapter_load_refused"
 
 
-class EngineUnavailable(FlywheelError):
+class ServiceUnavailable(FlywheelError):
     status_code = 503
     error_type = "server_error"
-    code = "engine_unavailable"
+    code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EngineUnavailable(ServiceUnavailable):
+    code = "engine_unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"

@@ -7,7 +7,7 @@ responses itself, so ids, errors and headers are the same on every engine.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,7 +82,7 @@ class Engine(Protocol):
 
     async def unload_adapter(self, engine_name: str) -> None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream deltas.  Closing the iterator (client gone) cancels the generation."""
         ...
 

@@ -1,0 +1,43 @@
+# One entry point per habit: make serve, make test, make check, make bench.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q -c constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: serve test check bench install install-dev clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The gateway with the embedded engine (torch CPU, transformers, PEFT).
+$(VENV)/.installed-engine: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[engine]'
+	@touch $@
+
+# Everything the tests and benchmarks need (adds TRL, datasets, the openai client, linters).
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[dev]'
+	@touch $@ $(VENV)/.installed-engine
+
+install: $(VENV)/.installed-engine
+install-dev: $(VENV)/.installed-dev
+
+serve: $(VENV)/.installed-engine
+	$(VENV)/bin/flywheel serve
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy gateway adapters feedback retrain
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

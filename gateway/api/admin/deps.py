@@ -1,0 +1,28 @@
+"""Admin authentication: an admin token, never a tenant key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.api.deps import StateDep, bearer_token
+from gateway.services.admin_tokens import check_admin_token
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    actor: str
+    remote_addr: str | None
+
+
+async def get_admin(request: Request, state: StateDep) -> AdminContext:
+    token = bearer_token(request)
+    async with state.db.session() as session:
+        actor = await check_admin_token(session, state.settings, token)
+    client = request.client
+    return AdminContext(actor=actor, remote_addr=client.host if client else None)
+
+
+AdminDep = Annotated[AdminContext, Depends(get_admin)]

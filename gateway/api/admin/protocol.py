@@ -1,0 +1,54 @@
+"""Admin API request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantSettings(_Strict):
+    rpm_limit: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
+    store_content: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1)
+    cors_origins: list[str] | None = None
+    auto_promote: bool | None = None
+    retrain_enabled: bool | None = None
+    retrain_min_feedback: int | None = Field(default=None, ge=1)
+    retrain_max_age_hours: float | None = Field(default=None, gt=0)
+    gate_thresholds: dict[str, float] | None = None
+    disabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class TenantCreate(TenantSettings):
+    name: str
+
+
+class AdapterAdd(_Strict):
+    tenant: str
+    name: str
+    path: str
+    sign: bool = False
+
+
+class Promote(_Strict):
+    version: int = Field(ge=1)
+    reason: str = ""
+
+
+class Rollback(_Strict):
+    reason: str = ""
+
+
+class GoldenAdd(_Strict):
+    tenant: str
+    adapter: str
+    items: list[dict[str, Any]] = Field(min_length=1)

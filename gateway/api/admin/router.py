@@ -1,0 +1,386 @@
+"""The admin API under /admin.  Thin: every action is a call into the shared service layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from adapters import golden as golden_svc
+from adapters.registry import get_adapter, list_versions
+from gateway.api.admin.deps import AdminContext, AdminDep
+from gateway.api.admin.protocol import (
+    AdapterAdd,
+    GoldenAdd,
+    Promote,
+    Rollback,
+    TenantCreate,
+    TenantSettings,
+)
+from gateway.api.deps import StateDep
+from gateway.db.models import (
+    ApiKey,
+    AuditEvent,
+    Completion,
+    Feedback,
+    GateReport,
+    Tenant,
+    TrainingRound,
+)
+from gateway.services import adapters as adapter_svc
+from gateway.services import audit
+from gateway.services import tenants as tenant_svc
+from gateway.state import AppState
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _tenant(t: Tenant) -> dict[str, Any]:
+    return {
+        c: getattr(t, c) for c in ("id", "name", "created_at", *sorted(tenant_svc.TENANT_SETTINGS))
+    }
+
+
+def _key(k: ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "tenant_id": k.tenant_id,
+        "prefix": k.prefix,
+        "created_at": k.created_at,
+        "revoked_at": k.revoked_at,
+    }
+
+
+async def _audited(
+    state: AppState,
+    admin: AdminContext,
+    action: str,
+    target: str,
+    tenant_id: str | None = None,
+    **detail: Any,
+) -> None:
+    async with state.db.transaction() as session:
+        audit.record(
+            session,
+            actor=admin.actor,
+            action=action,
+            target=target,
+            tenant_id=tenant_id,
+            remote_addr=admin.remote_addr,
+            detail=detail,
+        )
+
+
+@router.get("/tenants")
+async def list_tenants(admin: AdminDep, state: StateDep) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        return [_tenant(t) for t in await tenant_svc.list_tenants(session)]
+
+
+@router.post("/tenants", status_code=201)
+async def create_tenant(body: TenantCreate, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    """Create a tenant; the response carries its first API key, shown this once."""
+    async with state.db.transaction() as session:
+        changes = body.changes()
+        changes.pop("name")
+        tenant = await tenant_svc.create_tenant(session, body.name, **changes)
+        key, secret = await tenant_svc.create_key(session, tenant)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="tenant.create",
+            target=tenant.name,
+            tenant_id=tenant.id,
+            remote_addr=admin.remote_addr,
+        )
+    return {"tenant": _tenant(tenant), "key_id": key.id, "api_key": secret}
+
+
+@router.patch("/tenants/{name}")
+async def update_tenant(
+    name: str, body: TenantSettings, admin: AdminDep, state: StateDep
+) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        tenant = await tenant_svc.update_tenant(session, name, **body.changes())
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="tenant.update",
+            target=name,
+            tenant_id=tenant.id,
+            remote_addr=admin.remote_addr,
+            detail=body.changes(),
+        )
+    state.auth_cache.invalidate()
+    return _tenant(tenant)
+
+
+@router.get("/tenants/{name}/keys")
+async def list_keys(name: str, admin: AdminDep, state: StateDep) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        return [
+            _key(k)
+            for k in await tenant_svc.list_keys(session, await tenant_svc.get_tenant(session, name))
+        ]
+
+
+@router.post("/tenants/{name}/keys", status_code=201)
+async def create_key(name: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        tenant = await tenant_svc.get_tenant(session, name)
+        key, secret = await tenant_svc.create_key(session, tenant)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="key.create",
+            target=key.id,
+            tenant_id=tenant.id,
+            remote_addr=admin.remote_addr,
+        )
+    return {**_key(key), "api_key": secret}
+
+
+@router.post("/tenants/{name}/keys/rotate")
+async def rotate_keys(name: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        tenant = await tenant_svc.get_tenant(session, name)
+        key, secret, revoked = await tenant_svc.rotate_keys(session, tenant)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="key.rotate",
+            target=key.id,
+            tenant_id=tenant.id,
+            remote_addr=admin.remote_addr,
+            detail={"revoked": revoked},
+        )
+    state.auth_cache.invalidate()
+    return {**_key(key), "api_key": secret, "revoked": revoked}
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        key = await tenant_svc.revoke_key(session, key_id)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="key.revoke",
+            target=key_id,
+            tenant_id=key.tenant_id,
+            remote_addr=admin.remote_addr,
+        )
+    state.auth_cache.invalidate()
+    return _key(key)
+
+
+@router.get("/adapters")
+async def adapters(
+    admin: AdminDep, state: StateDep, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        tenant_id = (await tenant_svc.get_tenant(session, tenant)).id if tenant else None
+        return [
+            {
+                "tenant": t.name,
+                "adapter": a.name,
+                "version": v.version,
+                "version_id": v.id,
+                "state": v.state,
+                "active": a.active_version_id == v.id,
+                "digest": v.digest,
+                "rank": v.rank,
+                "use_dora": v.use_dora,
+                "signed": v.signature_path is not None,
+                "parent_version_id": v.parent_version_id,
+                "created_at": v.created_at,
+            }
+            for t, a, v in await list_versions(session, tenant_id)
+        ]
+
+
+@router.post("/adapters", status_code=201)
+async def add_adapter(body: AdapterAdd, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        added = await adapter_svc.add_adapter(
+            session,
+            state.settings,
+            tenant_name=body.tenant,
+            name=body.name,
+            path=Path(body.path),
+            sign=body.sign,
+            actor=admin.actor,
+        )
+    return {
+        "adapter": body.name,
+        "version": added.version.version,
+        "digest": added.version.digest,
+        "signed": added.signed,
+    }
+
+
+@router.post("/adapters/{tenant}/{name}/versions/{version}/verify")
+async def verify(
+    tenant: str, name: str, version: int, admin: AdminDep, state: StateDep
+) -> dict[str, Any]:
+    async with state.db.session() as session:
+        row = await adapter_svc.verify_version(
+            session, state.settings, tenant_name=tenant, name=name, version=version
+        )
+    return {"adapter": name, "version": row.version, "verified": True}
+
+
+@router.post("/adapters/{tenant}/{name}/promote")
+async def promote(
+    tenant: str, name: str, body: Promote, admin: AdminDep, state: StateDep
+) -> dict[str, Any]:
+    result = await state.promoter.promote(
+        tenant, name, body.version, actor=admin.actor, reason=body.reason
+    )
+    state.route_cache.invalidate()
+    return result.as_dict()
+
+
+@router.post("/adapters/{tenant}/{name}/rollback")
+async def rollback(
+    tenant: str, name: str, body: Rollback, admin: AdminDep, state: StateDep
+) -> dict[str, Any]:
+    result = await state.promoter.rollback(tenant, name, actor=admin.actor, reason=body.reason)
+    state.route_cache.invalidate()
+    return result.as_dict()
+
+
+@router.post("/golden", status_code=201)
+async def add_golden(body: GoldenAdd, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    items = [golden_svc.validate_item(item, i) for i, item in enumerate(body.items, 1)]
+    async with state.db.transaction() as session:
+        tenant = await tenant_svc.get_tenant(session, body.tenant)
+        adapter = await get_adapter(session, tenant.id, body.adapter)
+        row = await golden_svc.add_golden_set(session, adapter, items)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="golden.add",
+            target=f"{body.adapter}/golden@{row.version}",
+            tenant_id=tenant.id,
+            remote_addr=admin.remote_addr,
+        )
+    return {
+        "id": row.id,
+        "version": row.version,
+        "content_hash": row.content_hash,
+        "items": len(items),
+    }
+
+
+@router.get("/rounds")
+async def rounds(
+    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        stmt = (
+            select(TrainingRound).order_by(TrainingRound.created_at.desc()).limit(min(limit, 500))
+        )
+        if tenant:
+            stmt = stmt.where(
+                TrainingRound.tenant_id == (await tenant_svc.get_tenant(session, tenant)).id
+            )
+        cols = (
+            "id",
+            "tenant_id",
+            "adapter_id",
+            "state",
+            "method",
+            "method_reason",
+            "parent_version_id",
+            "candidate_version_id",
+            "counts",
+            "dataset_hash",
+            "hyperparams",
+            "metrics",
+            "error",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        )
+        return [{c: getattr(r, c) for c in cols} for r in await session.scalars(stmt)]
+
+
+@router.get("/gate-reports")
+async def gate_reports(
+    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        stmt = select(GateReport).order_by(GateReport.created_at.desc()).limit(min(limit, 500))
+        if tenant:
+            stmt = stmt.where(
+                GateReport.tenant_id == (await tenant_svc.get_tenant(session, tenant)).id
+            )
+        cols = (
+            "id",
+            "tenant_id",
+            "adapter_id",
+            "candidate_version_id",
+            "serving_version_id",
+            "golden_set_id",
+            "round_id",
+            "passed",
+            "reasons",
+            "report",
+            "summary",
+            "created_at",
+        )
+        return [{c: getattr(r, c) for c in cols} for r in await session.scalars(stmt)]
+
+
+@router.get("/feedback/stats")
+async def feedback_stats(admin: AdminDep, state: StateDep, tenant: str) -> dict[str, Any]:
+    async with state.db.session() as session:
+        t = await tenant_svc.get_tenant(session, tenant)
+        by_rating = dict(
+            (
+                await session.execute(
+                    select(Feedback.rating, func.count())
+                    .where(Feedback.tenant_id == t.id)
+                    .group_by(Feedback.rating)
+                )
+            ).all()
+        )
+        edits = await session.scalar(
+            select(func.count()).where(
+                Feedback.tenant_id == t.id, Feedback.edited_output.is_not(None)
+            )
+        )
+        completions = await session.scalar(
+            select(func.count()).select_from(Completion).where(Completion.tenant_id == t.id)
+        )
+    return {
+        "tenant": tenant,
+        "completions": completions,
+        "edits": edits,
+        "up": by_rating.get("up", 0),
+        "down": by_rating.get("down", 0),
+        "no_rating": by_rating.get(None, 0),
+    }
+
+
+@router.get("/audit")
+async def audit_log(admin: AdminDep, state: StateDep, limit: int = 100) -> list[dict[str, Any]]:
+    async with state.db.session() as session:
+        rows = await session.scalars(
+            select(AuditEvent).order_by(AuditEvent.id.desc()).limit(min(limit, 1000))
+        )
+        cols = (
+            "id",
+            "actor",
+            "action",
+            "target",
+            "tenant_id",
+            "remote_addr",
+            "detail",
+            "created_at",
+        )
+        return [{c: getattr(r, c) for c in cols} for r in rows]

@@ -1,0 +1,55 @@
+"""FastAPI dependencies shared by every router (``Annotated`` aliases, as in the FastAPI template)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.db.models import ApiKey, Tenant
+from gateway.errors import AuthenticationError
+from gateway.ids import hash_secret
+from gateway.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.flywheel
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    tenant: Tenant
+    key_id: str
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer <your Flywheel key>'.",
+            code="missing_api_key",
+        )
+    return token.strip()
+
+
+async def get_tenant(request: Request, state: StateDep) -> AuthContext:
+    from gateway.services.tenants import authenticate
+
+    token = bearer_token(request)
+
+    async def load() -> tuple[Tenant, ApiKey]:
+        async with state.db.session() as session:
+            return await authenticate(session, token)
+
+    tenant, key = await state.auth_cache.get(hash_secret(token), load)
+    request.state.tenant_id = tenant.id
+    return AuthContext(tenant=tenant, key_id=key.id)
+
+
+TenantDep = Annotated[AuthContext, Depends(get_tenant)]

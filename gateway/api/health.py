@@ -1,0 +1,36 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from gateway.api.deps import StateDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    db_ok = await state.db.ping()
+    engine_ok = state.engine.ready()
+    log = state.completions
+    checks = {
+        "database": "ok" if db_ok else "unreachable",
+        "engine": "ok" if engine_ok else "not ready",
+        "completion_log": "degraded" if log.degraded else "ok",
+        "completion_log_queue_depth": log.depth,
+        "completion_log_spool_rows": log.spool_rows,
+    }
+    # A degraded log (spooling while the database is away) keeps serving: nothing is lost, and
+    # readiness says so instead of silently dropping rows.
+    ready = engine_ok and (db_ok or log.spool_rows >= 0)
+    status = (
+        "ready" if ready and db_ok and not log.degraded else ("degraded" if ready else "not ready")
+    )
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)

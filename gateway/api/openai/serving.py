@@ -1,0 +1,323 @@
+"""Chat and text completions: resolve the tenant's adapter, run the engine, shape the response.
+
+The response shape is built here for every engine, so ids, errors and headers are the same on
+the embedded engine and on vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.responses import Response
+
+from adapters.registry import Resolved, engine_name, resolve
+from gateway.api.deps import AuthContext
+from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
+from gateway.errors import FlywheelError, InvalidRequest
+from gateway.ids import completion_id
+from gateway.ratelimit import Limits
+from gateway.state import AppState
+
+Kind = Literal["chat", "text"]
+ADAPTER_HEADER = "x-flywheel-adapter-version"
+FEEDBACK_TOKEN_HEADER = "x-flywheel-feedback-token"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Call:
+    """Book-keeping for one completion, turned into its log row at the end."""
+
+    id: str
+    kind: Kind
+    auth: AuthContext
+    body: ChatCompletionRequest | CompletionRequest
+    resolved: Resolved
+    estimate: int
+    received_at: datetime
+    created: int = field(default_factory=lambda: int(time.time()))
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: datetime | None = None
+    status: str = "ok"
+    error_type: str | None = None
+
+    def absorb(self, chunk: GenerationChunk) -> None:
+        if self.first_token_at is None and chunk.text:
+            self.first_token_at = _now()
+        self.text.append(chunk.text)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+            self.prompt_tokens = chunk.prompt_tokens
+            self.completion_tokens = chunk.completion_tokens
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def log_row(self) -> dict[str, Any]:
+        store = self.auth.tenant.store_content
+        body = self.body
+        if isinstance(body, ChatCompletionRequest):
+            request: dict[str, Any] = {"messages": body.engine_messages()}
+        else:
+            request = {"prompt": body.prompt_text()}
+        params = body.model_dump(
+            include={"max_tokens", "temperature", "top_p", "stop", "seed", "stream"},
+            exclude_none=True,
+        )
+        if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+            params["max_completion_tokens"] = body.max_completion_tokens
+        adapter, version = self.resolved.adapter, self.resolved.version
+        return {
+            "id": self.id,
+            "tenant_id": self.auth.tenant.id,
+            "key_id": self.auth.key_id,
+            "kind": self.kind,
+            "model": body.model,
+            "adapter_id": adapter.id if adapter else None,
+            "adapter_version_id": version.id if version else None,
+            "request": request if store else None,
+            "params": params,
+            "response_text": "".join(self.text) if store else None,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "status": self.status,
+            "error_type": self.error_type,
+            "end_user": body.user,
+            "received_at": self.received_at,
+            "first_token_at": self.first_token_at,
+            "done_at": _now(),
+        }
+
+
+class OpenAIServing:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def _limits(self, auth: AuthContext) -> Limits:
+        s = self.state.settings
+        return Limits(
+            rpm=auth.tenant.rpm_limit or s.default_rpm, tpm=auth.tenant.tpm_limit or s.default_tpm
+        )
+
+    async def create(
+        self, kind: Kind, auth: AuthContext, body: ChatCompletionRequest | CompletionRequest
+    ) -> Response:
+        settings = self.state.settings
+        received_at = _now()
+        requested = body.requested_max_tokens()
+        if requested is not None and requested > settings.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_tokens is {requested}, above this gateway's limit of "
+                f"{settings.max_tokens_limit}.",
+                param="max_completion_tokens" if kind == "chat" else "max_tokens",
+            )
+        resolved = await self._resolve(auth.tenant.id, body.model)
+        sampling = body.sampling(settings.default_max_tokens)
+        if isinstance(body, ChatCompletionRequest):
+            prompt_chars = sum(len(m["content"]) for m in body.engine_messages())
+        else:
+            prompt_chars = len(body.prompt_text())
+        # ~4 characters per token is the usual estimate; real usage is settled afterwards.
+        estimate = prompt_chars // 4 + sampling.max_tokens
+        limits = self._limits(auth)
+        await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
+
+        call = _Call(
+            id=completion_id(kind),
+            kind=kind,
+            auth=auth,
+            body=body,
+            resolved=resolved,
+            estimate=estimate,
+            received_at=received_at,
+        )
+        version = resolved.version
+        gen_request = GenerationRequest(
+            request_id=call.id,
+            adapter=None
+            if version is None
+            else AdapterRef(engine_name(version), Path(version.path), version.id, version.use_dora),
+            sampling=sampling,
+            messages=body.engine_messages() if isinstance(body, ChatCompletionRequest) else None,
+            prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
+        )
+        self.state.completions.begin(call.id, auth.tenant.id)
+        headers = self._headers(call)
+        stream = self.state.engine.generate(gen_request)
+        try:
+            # The first chunk is awaited before any response starts, so load failures, bad
+            # prompts and engine outages still get a real status code instead of a broken stream.
+            first = await anext(stream)
+        except BaseException as exc:
+            await stream.aclose()
+            await self._finish(call, limits, exc)
+            raise
+        if body.stream:
+            return StreamingResponse(
+                self._sse(call, first, stream, limits),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        try:
+            call.absorb(first)
+            async for chunk in stream:
+                call.absorb(chunk)
+        except BaseException as exc:
+            await self._finish(call, limits, exc)
+            raise
+        finally:
+            await stream.aclose()
+        await self._finish(call, limits, None)
+        return JSONResponse(self._full_response(call), headers=headers)
+
+    async def _resolve(self, tenant_id: str, model: str) -> Resolved:
+        async def load() -> Resolved:
+            async with self.state.db.session() as session:
+                return await resolve(session, tenant_id, model, self.state.engine.base_model_name)
+
+        return await self.state.route_cache.get((tenant_id, model), load)
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        from feedback.tokens import issue
+
+        settings = self.state.settings
+        token = issue(
+            call.id,
+            call.auth.tenant.id,
+            settings.feedback_token_secret.get_secret_value(),
+            settings.feedback_token_ttl_s,
+        )
+        return {
+            ADAPTER_HEADER: call.resolved.label,
+            "x-flywheel-completion-id": call.id,
+            FEEDBACK_TOKEN_HEADER: token,
+        }
+
+    async def _finish(self, call: _Call, limits: Limits, exc: BaseException | None) -> None:
+        if exc is not None:
+            if isinstance(exc, FlywheelError):
+                call.status, call.error_type = "error", exc.error_type
+            elif isinstance(exc, (GeneratorExit, Exception)):
+                call.status, call.error_type = "error", type(exc).__name__
+            else:  # CancelledError: the client went away
+                call.status, call.error_type = "cancelled", "client_disconnected"
+        self.state.completions.submit(call.log_row())
+        used = call.prompt_tokens + call.completion_tokens
+        await self.state.limiter.settle(call.auth.tenant.id, limits, used - call.estimate)
+
+    def _full_response(self, call: _Call) -> dict[str, Any]:
+        text = "".join(call.text)
+        if call.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": call.finish_reason,
+                "logprobs": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "finish_reason": call.finish_reason,
+                "logprobs": None,
+            }
+            obj = "text_completion"
+        return {
+            "id": call.id,
+            "object": obj,
+            "created": call.created,
+            "model": call.body.model,
+            "choices": [choice],
+            "usage": call.usage(),
+            "system_fingerprint": None,
+        }
+
+    def _chunk(self, call: _Call, text: str | None, finish: str | None, role: bool = False) -> str:
+        if call.kind == "chat":
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        payload: dict[str, Any] = {
+            "id": call.id,
+            "object": obj,
+            "created": call.created,
+            "model": call.body.model,
+            "choices": [choice],
+        }
+        if call.body.include_usage:
+            payload["usage"] = None
+        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+    async def _sse(
+        self,
+        call: _Call,
+        first: GenerationChunk,
+        stream: AsyncGenerator[GenerationChunk, None],
+        limits: Limits,
+    ) -> AsyncIterator[str]:
+        exc: BaseException | None = None
+        try:
+            if call.kind == "chat":
+                yield self._chunk(call, "", None, role=True)
+            chunk: GenerationChunk | None = first
+            while chunk is not None:
+                call.absorb(chunk)
+                if chunk.text:
+                    yield self._chunk(call, chunk.text, None)
+                if chunk.finish_reason is not None:
+                    yield self._chunk(call, None, chunk.finish_reason)
+                    break
+                chunk = await anext(stream, None)
+            if call.body.include_usage:
+                usage = {
+                    "id": call.id,
+                    "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
+                    "created": call.created,
+                    "model": call.body.model,
+                    "choices": [],
+                    "usage": call.usage(),
+                }
+                yield f"data: {json.dumps(usage, separators=(',', ':'))}\n\n"
+            yield "data: [DONE]\n\n"
+        except FlywheelError as err:
+            exc = err
+            # Headers are gone; OpenAI clients surface an in-stream error object.
+            yield f"data: {json.dumps(err.to_dict())}\n\n"
+        except BaseException as err:
+            exc = err
+            raise
+        finally:
+            await stream.aclose()
+            await self._finish(call, limits, exc)

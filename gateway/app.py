@@ -1,0 +1,129 @@
+"""The FastAPI application and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.api import errors as api_errors
+from gateway.api import health
+from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.openai.router import router as openai_router
+from gateway.bootstrap import demo_bootstrap, print_demo_keys, resolve_base, signing_keys
+from gateway.cache import StaleIfErrorCache
+from gateway.config import Settings, get_settings
+from gateway.db.migrate import upgrade
+from gateway.db.session import Database
+from gateway.engine.base import Engine
+from gateway.ratelimit import InMemoryRateLimiter, RateLimiter
+from gateway.state import AppState
+
+log = logging.getLogger("flywheel")
+
+
+async def build_engine(settings: Settings, db: Database) -> Engine:
+    from adapters.signing import make_verifier
+    from gateway.services.audit import refused_load_recorder
+
+    _, public = signing_keys(settings)
+    verifier = make_verifier(
+        public,
+        required=settings.require_signed_adapters,
+        on_refused=refused_load_recorder(db, asyncio.get_running_loop()),
+    )
+    if settings.engine == "vllm":
+        from gateway.engine.vllm import VLLMEngine
+
+        return VLLMEngine(settings, verifier=verifier)
+    from gateway.engine.embedded import EmbeddedEngine
+
+    base = await asyncio.to_thread(resolve_base, settings)
+    return EmbeddedEngine(
+        base.path,
+        base_model_name=base.name,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        max_loras=settings.max_loras,
+        max_model_len=settings.max_model_len,
+        verifier=verifier,
+    )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    if settings.redis_url:
+        from gateway.ratelimit_redis import RedisRateLimiter
+
+        return RedisRateLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
+    return InMemoryRateLimiter()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from adapters.promotion import Promoter
+    from feedback.log import CompletionLog
+    from gateway.services.admin_tokens import ensure_dev_admin_token
+
+    settings: Settings = app.state.settings
+    settings.check_production()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    await upgrade(db.engine)
+    engine = await build_engine(settings, db)
+    completions = CompletionLog(
+        db,
+        spool_dir=settings.data_dir / "spool",
+        queue_size=settings.log_queue_size,
+        batch_size=settings.log_batch_size,
+        flush_interval_s=settings.log_flush_interval_s,
+    )
+    limiter = build_limiter(settings)
+    try:
+        await engine.start()
+        if settings.demo_bootstrap and settings.engine == "embedded":
+            base = await asyncio.to_thread(resolve_base, settings)
+            print_demo_keys(await demo_bootstrap(db, settings, base))
+        await completions.start()
+        async with db.transaction() as session:
+            await ensure_dev_admin_token(session, settings)
+        app.state.flywheel = AppState(
+            settings=settings,
+            db=db,
+            engine=engine,
+            limiter=limiter,
+            completions=completions,
+            auth_cache=StaleIfErrorCache(settings.auth_cache_ttl_s),
+            route_cache=StaleIfErrorCache(settings.route_cache_ttl_s),
+            promoter=Promoter(db, engine),
+        )
+        yield
+    finally:
+        # Order matters: stop taking work, then flush the log while the database is still open.
+        await engine.stop()
+        await completions.stop()
+        await limiter.close()
+        await db.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from gateway.api.admin.router import router as admin_router
+    from gateway.api.feedback.router import router as feedback_router
+
+    app = FastAPI(
+        title="Flywheel",
+        version="0.1.0",
+        summary="OpenAI-compatible multi-LoRA gateway with a feedback loop",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    app.add_middleware(RequestIdMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
+    api_errors.install(app)
+    app.include_router(health.router)
+    app.include_router(openai_router)
+    app.include_router(feedback_router)
+    app.include_router(admin_router)
+    return app

@@ -1,0 +1,119 @@
+"""First-start work: the base model, the development signing key, and the demo tenants."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from adapters.validate import BaseSpec, base_spec_from_config
+from gateway.config import Settings
+from gateway.db.models import Tenant
+from gateway.db.session import Database
+
+log = logging.getLogger("flywheel.bootstrap")
+
+DEMO_BASE_NAME = "flywheel-demo-base"
+DEMO_TENANTS = (("demo-acme", 1), ("demo-globex", 2))
+DEMO_ADAPTER = "support"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    path: Path
+    name: str
+
+    def spec(self) -> BaseSpec:
+        return base_spec_from_config(self.path, self.name)
+
+
+def resolve_base(settings: Settings, *, build: bool = True) -> BaseModel:
+    """The configured base (local path or hub id), or the demo base built under data_dir."""
+    if not settings.base_model:
+        path = settings.data_dir / "models" / "demo-base"
+        if build:
+            from adapters.demo import build_demo_base
+
+            build_demo_base(path)
+        return BaseModel(path, settings.base_model_name or DEMO_BASE_NAME)
+    local = Path(settings.base_model).expanduser()
+    if local.exists():
+        return BaseModel(local.resolve(), settings.base_model_name or local.name)
+    # A hub id: use the local cache only; nothing is downloaded at run time.
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(settings.base_model, local_files_only=True))
+    return BaseModel(path, settings.base_model_name or settings.base_model)
+
+
+def signing_keys(settings: Settings) -> tuple[Path | None, Path | None]:
+    """(private, public) key paths; in development a keypair is created under data_dir."""
+    default_dir = settings.data_dir / "signing"
+    private = settings.signing_private_key or default_dir / "signing.key"
+    public = settings.signing_public_key or default_dir / "signing.pub"
+    if (
+        settings.environment == "development"
+        and not public.exists()
+        and settings.signing_public_key is None
+    ):
+        from adapters.signing import generate_keypair
+
+        private, public = generate_keypair(default_dir)
+        log.info("created a development signing keypair in %s", default_dir)
+    return (private if private.exists() else None, public if public.exists() else None)
+
+
+async def demo_bootstrap(
+    db: Database, settings: Settings, base: BaseModel
+) -> list[tuple[str, str]]:
+    """On an empty database, create two demo tenants, each with its own signed adapter.
+
+    Returns (tenant, key) pairs; the keys are printed once by the caller and never stored.
+    """
+    from adapters.signing import sign_adapter, signature_path_for
+
+    from adapters.demo import build_demo_adapter
+    from adapters.registry import add_version
+    from gateway.services.tenants import create_key, create_tenant
+
+    async with db.session() as session:
+        if await session.scalar(select(func.count()).select_from(Tenant)):
+            return []
+    private, _ = signing_keys(settings)
+    created: list[tuple[str, str]] = []
+    async with db.transaction() as session:
+        for name, seed in DEMO_TENANTS:
+            tenant = await create_tenant(session, name)
+            _, secret = await create_key(session, tenant)
+            src = settings.data_dir / "models" / f"demo-adapter-{seed}"
+            if not (src / "adapter_config.json").exists():
+                build_demo_adapter(base.path, src, seed=seed)
+            version = await add_version(
+                session,
+                tenant,
+                DEMO_ADAPTER,
+                src,
+                base=base.spec(),
+                artifact_dir=settings.artifact_dir,
+                max_rank=settings.max_lora_rank,
+                actor="bootstrap",
+            )
+            if private is not None:
+                stored = Path(version.path)
+                version.signature_path = str(
+                    sign_adapter(stored, private, signature_path_for(stored))
+                )
+            created.append((name, secret))
+    return created
+
+
+def print_demo_keys(created: list[tuple[str, str]]) -> None:
+    if not created:
+        return
+    lines = ["", "Demo tenants created. Their API keys are shown once, now:"]
+    lines += [f"  {name:<12} {key}   (model: {DEMO_ADAPTER!r})" for name, key in created]
+    lines.append("")
+    print("\n".join(lines), file=sys.stdout, flush=True)

@@ -1,0 +1,82 @@
+"""``flywheel adapters``: register, list and verify adapter versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gateway.cli.common import clean_errors, out, run_db
+from gateway.config import Settings
+from gateway.db.session import Database
+
+app = typer.Typer(no_args_is_help=True, help="Adapters and their versions.")
+
+
+@app.command("add")
+@clean_errors
+def add(
+    path: Path = typer.Argument(..., exists=True, file_okay=False, help="A PEFT LoRA directory."),
+    tenant: str = typer.Option(..., help="Tenant name."),
+    name: str = typer.Option(..., help="Adapter name (what clients put in `model`)."),
+    sign: bool = typer.Option(False, "--sign", help="Sign the stored copy with the ops key."),
+    signature: Path = typer.Option(None, help="A signature bundle made elsewhere for PATH."),
+) -> None:
+    """Register PATH as the next version of TENANT's adapter NAME."""
+    from gateway.services.adapters import add_adapter
+
+    async def go(db: Database, s: Settings) -> str:
+        async with db.transaction() as session:
+            added = await add_adapter(
+                session, s, tenant_name=tenant, name=name, path=path, sign=sign, signature=signature
+            )
+            v = added.version
+            note = (
+                "signed"
+                if added.signed
+                else "UNSIGNED (refused at load while signatures are required)"
+            )
+            return f"{name}@{v.version} digest={v.digest[:16]} rank={v.rank} {note}"
+
+    out(run_db(go))
+
+
+@app.command("list")
+@clean_errors
+def list_(tenant: str = typer.Option(None, help="Only this tenant.")) -> None:
+    """Show adapter versions; `*` marks the active one."""
+    from adapters.registry import list_versions
+    from gateway.services.tenants import get_tenant
+
+    async def go(db: Database, _: Settings) -> None:
+        async with db.session() as session:
+            tenant_id = (await get_tenant(session, tenant)).id if tenant else None
+            out(
+                f"  {'TENANT':<20} {'ADAPTER':<20} {'VER':>4} {'STATE':<10} {'RANK':>4} SIGNED DIGEST"
+            )
+            for t, a, v in await list_versions(session, tenant_id):
+                mark = "*" if a.active_version_id == v.id else " "
+                out(
+                    f"{mark} {t.name:<20} {a.name:<20} {v.version:>4} {v.state:<10} {v.rank:>4} "
+                    f"{'yes' if v.signature_path else 'no ':<6} {v.digest[:16]}"
+                )
+
+    run_db(go)
+
+
+@app.command("verify")
+@clean_errors
+def verify(
+    tenant: str = typer.Option(...),
+    name: str = typer.Option(...),
+    version: int = typer.Option(...),
+) -> None:
+    """Check a stored version's signature against the trusted public key."""
+    from gateway.services.adapters import verify_version
+
+    async def go(db: Database, s: Settings) -> str:
+        async with db.session() as session:
+            row = await verify_version(session, s, tenant_name=tenant, name=name, version=version)
+            return f"{name}@{row.version}: signature OK ({row.digest[:16]})"
+
+    out(run_db(go))

@@ -1,0 +1,22 @@
+"""The ``flywheel`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from gateway.cli import adapters, db, feedback, keys, serve, tenants
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Flywheel: multi-LoRA gateway with a feedback loop.",
+)
+app.command("serve")(serve.serve)
+app.add_typer(db.app, name="db")
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(keys.app, name="keys")
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(feedback.app, name="feedback")
+
+if __name__ == "__main__":
+    app()

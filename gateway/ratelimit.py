@@ -1,0 +1,87 @@
+"""Per-tenant rate limits: requests per minute and tokens per minute.
+
+Token buckets that refill continuously (capacity = the per-minute limit).  A request takes one
+request token and an estimate of its tokens (prompt + max_tokens) up front; the difference with
+the real usage is settled after the call, so the token budget tracks real usage.  A bucket may
+go into debt by that settlement; the next request then waits until it is paid back.
+
+``InMemoryRateLimiter`` is exact for one gateway process; with several replicas use the Redis
+limiter (gateway/ratelimit_redis.py) so limits are shared, not multiplied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int
+    tpm: int
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> None:
+        """Take one request and ``estimated_tokens``; raise RateLimited when over."""
+
+    async def settle(self, tenant_id: str, limits: Limits, delta_tokens: int) -> None:
+        """Charge (or refund, when negative) the difference between real and estimated usage."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Bucket:
+    level: float
+    stamp: float
+
+    def refill(self, capacity: float, now: float) -> None:
+        self.level = min(capacity, self.level + (now - self.stamp) * capacity / 60.0)
+        self.stamp = now
+
+
+class InMemoryRateLimiter:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.monotonic
+        self._requests: dict[str, _Bucket] = {}
+        self._tokens: dict[str, _Bucket] = {}
+
+    def _bucket(self, table: dict[str, _Bucket], key: str, capacity: float, now: float) -> _Bucket:
+        bucket = table.get(key)
+        if bucket is None:
+            bucket = table[key] = _Bucket(capacity, now)
+        bucket.refill(capacity, now)
+        return bucket
+
+    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> None:
+        now = self._clock()
+        req = self._bucket(self._requests, tenant_id, limits.rpm, now)
+        tok = self._bucket(self._tokens, tenant_id, limits.tpm, now)
+        if req.level < 1:
+            wait = (1 - req.level) * 60.0 / limits.rpm
+            raise RateLimited(
+                f"Rate limit reached: {limits.rpm} requests per minute.", retry_after=wait
+            )
+        # A request larger than the whole per-minute budget could never pass; it is let through
+        # when the bucket is full rather than refused forever.
+        need = min(estimated_tokens, limits.tpm)
+        if tok.level < need:
+            wait = (need - tok.level) * 60.0 / limits.tpm
+            raise RateLimited(
+                f"Rate limit reached: {limits.tpm} tokens per minute.", retry_after=wait
+            )
+        req.level -= 1
+        tok.level -= estimated_tokens
+
+    async def settle(self, tenant_id: str, limits: Limits, delta_tokens: int) -> None:
+        now = self._clock()
+        tok = self._bucket(self._tokens, tenant_id, limits.tpm, now)
+        tok.level -= delta_tokens
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,100 @@
+"""Adapter operations shared by the CLI and the admin API: add, list, verify."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from adapters.registry import add_version, get_adapter, get_version
+from gateway.bootstrap import resolve_base, signing_keys
+from gateway.config import Settings
+from gateway.db.models import AdapterVersion
+from gateway.errors import InvalidRequest
+from gateway.services import audit
+from gateway.services.tenants import get_tenant
+
+
+@dataclass(frozen=True)
+class Added:
+    version: AdapterVersion
+    signed: bool
+
+
+async def add_adapter(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    tenant_name: str,
+    name: str,
+    path: Path,
+    sign: bool = False,
+    signature: Path | None = None,
+    actor: str = "cli",
+) -> Added:
+    """Register PATH as the next version of the tenant's adapter NAME.
+
+    With ``sign`` the stored copy is signed with the ops private key; with ``signature`` a
+    bundle made elsewhere is stored beside it and must verify against the trusted public key.
+    """
+    from adapters.signing import sign_adapter, signature_path_for, verify_adapter
+
+    tenant = await get_tenant(session, tenant_name)
+    base = resolve_base(settings)
+    version = await add_version(
+        session,
+        tenant,
+        name,
+        path,
+        base=base.spec(),
+        artifact_dir=settings.artifact_dir,
+        max_rank=settings.max_lora_rank,
+        allow_dora=settings.engine != "vllm",
+        actor=actor,
+    )
+    stored = Path(version.path)
+    sig_path = signature_path_for(stored)
+    private, public = signing_keys(settings)
+    if signature is not None:
+        if public is None:
+            raise InvalidRequest("no trusted public key configured (FLYWHEEL_SIGNING_PUBLIC_KEY)")
+        shutil.copyfile(signature, sig_path)
+        verify_adapter(stored, public, sig_path)
+        version.signature_path = str(sig_path)
+    elif sign:
+        if private is None:
+            raise InvalidRequest(
+                "no signing key: run `flywheel keys signing-init` or set FLYWHEEL_SIGNING_PRIVATE_KEY"
+            )
+        version.signature_path = str(sign_adapter(stored, private, sig_path))
+    elif sig_path.exists():
+        version.signature_path = str(sig_path)  # same content was signed before
+    audit.record(
+        session,
+        actor=actor,
+        action="adapter.add",
+        target=f"{tenant.name}/{name}@{version.version}",
+        tenant_id=tenant.id,
+        detail={"digest": version.digest, "signed": version.signature_path is not None},
+    )
+    await session.flush()
+    return Added(version, version.signature_path is not None)
+
+
+async def verify_version(
+    session: AsyncSession, settings: Settings, *, tenant_name: str, name: str, version: int
+) -> AdapterVersion:
+    """Verify a stored version's signature; raises AdapterLoadRefused when it fails."""
+    from adapters.signing import signature_path_for, verify_adapter
+    from gateway.errors import AdapterLoadRefused
+
+    tenant = await get_tenant(session, tenant_name)
+    adapter = await get_adapter(session, tenant.id, name)
+    row = await get_version(session, adapter, version)
+    _, public = signing_keys(settings)
+    if public is None:
+        raise AdapterLoadRefused("no trusted public key configured (FLYWHEEL_SIGNING_PUBLIC_KEY)")
+    verify_adapter(Path(row.path), public, signature_path_for(Path(row.path)))
+    return row

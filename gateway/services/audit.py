@@ -1,0 +1,74 @@
+"""The audit table: admin actions and refused adapter loads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import AuditEvent
+from gateway.db.session import Database
+from gateway.engine.base import AdapterRef
+
+log = logging.getLogger("flywheel.audit")
+
+
+def record(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    target: str = "",
+    tenant_id: str | None = None,
+    remote_addr: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            actor=actor,
+            action=action,
+            target=target,
+            tenant_id=tenant_id,
+            remote_addr=remote_addr,
+            detail=detail or {},
+        )
+    )
+
+
+def refused_load_recorder(
+    db: Database, loop: asyncio.AbstractEventLoop
+) -> Callable[[AdapterRef, str], None]:
+    """A callback for the signature verifier, which may run on an engine thread."""
+
+    async def write(ref: AdapterRef, reason: str) -> None:
+        try:
+            async with db.transaction() as session:
+                record(
+                    session,
+                    actor="engine",
+                    action="adapter.load_refused",
+                    target=ref.version_id,
+                    detail={
+                        "engine_name": ref.engine_name,
+                        "path": str(ref.path),
+                        "reason": reason,
+                    },
+                )
+        except Exception:
+            log.exception("could not write the audit record for a refused load")
+
+    def on_refused(ref: AdapterRef, reason: str) -> None:
+        log.warning("refused to load adapter %s: %s", ref.version_id, reason)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(write(ref, reason))
+        else:
+            asyncio.run_coroutine_threadsafe(write(ref, reason), loop)
+
+    return on_refused

@@ -1,0 +1,31 @@
+"""Everything the lifespan owns, in one object hung on ``app.state.flywheel``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.cache import StaleIfErrorCache
+from gateway.config import Settings
+from gateway.db.session import Database
+
+if TYPE_CHECKING:
+    from adapters.promotion import Promoter
+    from adapters.registry import Resolved
+    from feedback.log import CompletionLog
+    from gateway.db.models import ApiKey, Tenant
+    from gateway.engine.base import Engine
+    from gateway.ratelimit import RateLimiter
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    engine: Engine
+    limiter: RateLimiter
+    completions: CompletionLog
+    auth_cache: StaleIfErrorCache[str, tuple[Tenant, ApiKey]]
+    route_cache: StaleIfErrorCache[tuple[str, str], Resolved]
+    promoter: Promoter
+    extras: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,69 @@
+"""Factories shared by the tests: settings for a throwaway gateway, seeded tenants."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from gateway.config import Settings
+from gateway.db.session import Database
+
+
+def make_settings(data_dir: Path, database_url: str, base: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "base_model": str(base),
+        "base_model_name": "demo-base",
+        "demo_bootstrap": False,
+        "log_flush_interval_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class SeededTenant:
+    name: str
+    id: str
+    key: str
+    key_id: str
+
+
+async def seed_tenant(
+    db: Database, settings: Settings, name: str, adapters: dict[str, Path]
+) -> SeededTenant:
+    """A tenant with one key and the given adapters (signed with the development key)."""
+    from gateway.services.adapters import add_adapter
+    from gateway.services.tenants import create_key, create_tenant
+
+    async with db.transaction() as session:
+        tenant = await create_tenant(session, name)
+        key, secret = await create_key(session, tenant)
+        for adapter_name, path in adapters.items():
+            await add_adapter(
+                session, settings, tenant_name=name, name=adapter_name, path=path, sign=True
+            )
+    return SeededTenant(name=name, id=tenant.id, key=secret, key_id=key.id)
+
+
+@contextlib.asynccontextmanager
+async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an in-process httpx client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://flywheel") as client:
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

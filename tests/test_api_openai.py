@@ -1,0 +1,230 @@
+"""The OpenAI-compatible API in-process (httpx ASGITransport, lifespan running), on both DBs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from gateway.app import create_app
+from gateway.db.session import Database
+from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    a: SeededTenant
+    b: SeededTenant
+    db: Database
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gw(
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Gateway]:
+    settings = make_settings(
+        tmp_path_factory.mktemp("gw"), fresh_database_url, demo_base, max_body_bytes=20_000
+    )
+    app = create_app(settings)
+    async with running_app(app) as client:
+        db = app.state.flywheel.db
+        a = await seed_tenant(db, settings, "acme", {"support": demo_adapters[0]})
+        b = await seed_tenant(db, settings, "globex", {"support": demo_adapters[1], "sales": demo_adapters[2]})
+        # a second version for acme's adapter, to pin
+        from gateway.services.adapters import add_adapter
+
+        async with db.transaction() as session:
+            await add_adapter(session, settings, tenant_name="acme", name="support", path=demo_adapters[3], sign=True)
+        yield Gateway(client, a, b, db)
+
+
+def auth(t: SeededTenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {t.key}"}
+
+
+CHAT = {"model": "support", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0}
+
+
+async def test_chat_completion(gw: Gateway) -> None:
+    r = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.a))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "support"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert body["usage"]["completion_tokens"] >= 1
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert r.headers["x-flywheel-adapter-version"] == "support@1"
+    assert r.headers["x-flywheel-completion-id"] == body["id"]
+    assert r.headers["x-request-id"]
+
+
+async def test_tenants_get_their_own_adapter(gw: Gateway) -> None:
+    ra = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.a))
+    rb = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.b))
+    base = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "demo-base"}, headers=auth(gw.a))
+    texts = {r.json()["choices"][0]["message"]["content"] for r in (ra, rb, base)}
+    assert len(texts) == 3
+    assert base.headers["x-flywheel-adapter-version"] == "base"
+
+
+async def test_pinned_version(gw: Gateway) -> None:
+    r1 = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@1"}, headers=auth(gw.a))
+    r2 = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@2"}, headers=auth(gw.a))
+    assert r1.headers["x-flywheel-adapter-version"] == "support@1"
+    assert r2.headers["x-flywheel-adapter-version"] == "support@2"
+    assert r2.json()["model"] == "support@2"
+    missing = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@9"}, headers=auth(gw.a))
+    assert missing.status_code == 404
+
+
+async def test_text_completion(gw: Gateway) -> None:
+    r = await gw.client.post(
+        "/v1/completions", json={"model": "support", "prompt": "Once", "max_tokens": 5, "temperature": 0}, headers=auth(gw.a)
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion"
+    assert isinstance(body["choices"][0]["text"], str)
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
+
+
+async def test_streaming_with_usage(gw: Gateway) -> None:
+    req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 12}
+    r = await gw.client.post("/v1/chat/completions", json=req, headers=auth(gw.a))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"] == r.headers["x-flywheel-completion-id"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    whole = await gw.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 12}, headers=auth(gw.a))
+    assert streamed == whole.json()["choices"][0]["message"]["content"]
+
+
+async def test_streaming_without_usage(gw: Gateway) -> None:
+    r = await gw.client.post("/v1/completions", json={"model": "support", "prompt": "x", "stream": True, "max_tokens": 4}, headers=auth(gw.a))
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    assert all("usage" not in c for c in chunks)
+    assert all(c["choices"] for c in chunks)
+
+
+async def test_models_lists_only_own_adapters(gw: Gateway) -> None:
+    r = await gw.client.get("/v1/models", headers=auth(gw.a))
+    ids = [m["id"] for m in r.json()["data"]]
+    assert ids == ["demo-base", "support"]
+    rb = await gw.client.get("/v1/models", headers=auth(gw.b))
+    assert sorted(m["id"] for m in rb.json()["data"]) == ["demo-base", "sales", "support"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [({}, "missing_api_key"), ({"Authorization": "Bearer fw-nope"}, "invalid_api_key"), ({"Authorization": "Basic abc"}, "missing_api_key")],
+)
+async def test_auth_errors(gw: Gateway, headers: dict[str, str], code: str) -> None:
+    r = await gw.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert r.status_code == 401
+    err = r.json()["error"]
+    assert err["type"] == "authentication_error" and err["code"] == code
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
+    """Every way of naming another tenant's adapter looks exactly like a nonexistent one."""
+    async with gw.db.session() as session:
+        from adapters.registry import get_adapter
+
+        sales = await get_adapter(session, gw.b.id, "sales")
+        version_id = sales.active_version_id
+    unknown = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=auth(gw.a))
+    assert unknown.status_code == 404
+    for model in ("sales", "sales@1", f"fw-{version_id}", str(version_id), "globex/sales"):
+        r = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": model}, headers=auth(gw.a))
+        assert r.status_code == 404, model
+        assert r.json()["error"]["code"] == "model_not_found"
+        assert r.json()["error"]["message"] == unknown.json()["error"]["message"].replace("'nope'", repr(model))
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "support"}, "messages"),
+        ({**CHAT, "messages": []}, "messages"),
+        ({**CHAT, "messages": "hi"}, "messages"),
+        ({**CHAT, "max_tokens": "many"}, "max_tokens"),
+        ({**CHAT, "max_tokens": 10**9}, "max_completion_tokens"),
+        ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "temperature": 7}, "temperature"),
+        ({**CHAT, "n": 3}, None),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ([1, 2], None),
+    ],
+)
+async def test_invalid_bodies_are_400(gw: Gateway, body: object, param: str | None) -> None:
+    r = await gw.client.post("/v1/chat/completions", json=body, headers=auth(gw.a))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    if param:
+        assert err["param"] == param
+
+
+async def test_malformed_json_and_oversized(gw: Gateway) -> None:
+    r = await gw.client.post("/v1/chat/completions", content=b"{not json", headers={**auth(gw.a), "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 30_000}]}
+    r = await gw.client.post("/v1/chat/completions", json=big, headers=auth(gw.a))
+    assert r.status_code == 413
+
+
+async def test_unknown_fields_ignored(gw: Gateway) -> None:
+    r = await gw.client.post("/v1/chat/completions", json={**CHAT, "frequency_penalty": 0, "vendor_x": {"a": 1}}, headers=auth(gw.a))
+    assert r.status_code == 200
+
+
+async def test_rate_limit(gw: Gateway) -> None:
+    from gateway.services.tenants import create_key, create_tenant
+
+    async with gw.db.transaction() as session:
+        tenant = await create_tenant(session, "limited", rpm_limit=2)
+        _, key = await create_key(session, tenant)
+    h = {"Authorization": f"Bearer {key}"}
+    body = {**CHAT, "model": "demo-base"}
+    codes = [(await gw.client.post("/v1/chat/completions", json=body, headers=h)).status_code for _ in range(2)]
+    assert codes == [200, 200]
+    r = await gw.client.post("/v1/chat/completions", json=body, headers=h)
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_health(gw: Gateway) -> None:
+    assert (await gw.client.get("/healthz")).json() == {"status": "ok"}
+    r = await gw.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"]["database"] == "ok"
+
+
+async def test_unknown_route_is_openai_shaped(gw: Gateway) -> None:
+    r = await gw.client.get("/v1/nothing", headers=auth(gw.a))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
