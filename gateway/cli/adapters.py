@@ -80,3 +80,44 @@ def verify(
             return f"{name}@{row.version}: signature OK ({row.digest[:16]})"
 
     out(run_db(go))
+
+
+def _swap(tenant: str, name: str, version: int | None, reason: str, offline: bool) -> None:
+    from gateway.services.swap import offline_swap, remote_swap
+
+    async def go(db: Database, s: Settings) -> dict[str, object]:
+        if offline:
+            return await offline_swap(
+                db, s, tenant, name, version=version, reason=reason, actor="cli"
+            )
+        return await remote_swap(s, tenant, name, version=version, reason=reason)
+
+    r = run_db(go)
+    out(
+        f"{r['action']}: {name} v{r['from_version']} -> v{r['to_version']} in {float(str(r['seconds'])):.3f}s"
+    )
+
+
+@app.command("promote")
+@clean_errors
+def promote(
+    tenant: str = typer.Option(...),
+    name: str = typer.Option(..., "--adapter", "--name"),
+    version: int = typer.Option(...),
+    reason: str = typer.Option("", help="Recorded with the promotion."),
+    offline: bool = typer.Option(False, help="No gateway running: verify, probe and flip here."),
+) -> None:
+    """Hot-swap TENANT's adapter to VERSION (load, probe, flip, drain) on the running gateway."""
+    _swap(tenant, name, version, reason, offline)
+
+
+@app.command("rollback")
+@clean_errors
+def rollback(
+    tenant: str = typer.Option(...),
+    name: str = typer.Option(..., "--adapter", "--name"),
+    reason: str = typer.Option("", help="Recorded with the rollback."),
+    offline: bool = typer.Option(False, help="No gateway running: verify, probe and flip here."),
+) -> None:
+    """Return TENANT's adapter to the version that served before the current one."""
+    _swap(tenant, name, None, reason, offline)

@@ -40,7 +40,6 @@ def export(
 def forget(tenant: str = typer.Option(...), end_user: str = typer.Option(...)) -> None:
     """Erase an end user's completions and feedback."""
     from feedback.retention import forget_end_user
-
     from gateway.services.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> object:

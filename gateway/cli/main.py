@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.cli import adapters, db, feedback, keys, serve, tenants
+from gateway.cli import adapters, db, feedback, gate, golden, keys, retrain, serve, tenants
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,6 +17,9 @@ app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(feedback.app, name="feedback")
+app.add_typer(golden.app, name="golden")
+app.add_typer(gate.app, name="gate")
+app.add_typer(retrain.app, name="retrain")
 
 if __name__ == "__main__":
     app()

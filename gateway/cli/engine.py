@@ -1,0 +1,158 @@
+"""``flywheel engine``: the engine servers a gateway with FLYWHEEL_ENGINE=vllm forwards to.
+
+``flywheel engine vllm`` prints (or runs) the ``vllm serve`` command line with runtime adapter
+loading on; ``flywheel engine local`` serves the embedded engine over the same HTTP API, so
+the multi-replica topology runs on a machine without a GPU.  See docs/vllm.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Engine servers for the gateway's vllm backend (FLYWHEEL_ENGINE=vllm).",
+)
+
+# Without it vLLM never registers /v1/load_lora_adapter and /v1/unload_lora_adapter.
+RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def vllm_argv(
+    base: str,
+    *,
+    port: int,
+    max_loras: int,
+    max_lora_rank: int,
+    max_cpu_loras: int,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """``vllm serve`` with LoRA on, sized for the gateway's per-replica adapter budget."""
+    if max_cpu_loras < max_loras:
+        # vLLM refuses this too, later and less clearly.
+        raise typer.BadParameter(
+            f"--max-cpu-loras ({max_cpu_loras}) must be at least --max-loras ({max_loras})"
+        )
+    return [
+        "vllm",
+        "serve",
+        base,
+        "--enable-lora",
+        "--max-loras",
+        str(max_loras),
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-cpu-loras",
+        str(max_cpu_loras),
+        "--port",
+        str(port),
+        *(extra or []),
+    ]
+
+
+@app.command("vllm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def vllm(
+    ctx: typer.Context,
+    base: str = typer.Option(..., "--base", help="Base model: hub id or local path."),
+    max_loras: int = typer.Option(4, help="Adapters in one GPU batch (vLLM --max-loras)."),
+    max_lora_rank: int = typer.Option(
+        None, help="Largest adapter rank (default FLYWHEEL_MAX_LORA_RANK)."
+    ),
+    max_cpu_loras: int = typer.Option(
+        None,
+        help="Adapters cached in CPU memory (default FLYWHEEL_VLLM_MAX_ADAPTERS_PER_REPLICA).",
+    ),
+    port: int = typer.Option(8000, help="Port vLLM listens on."),
+    exec_: bool = typer.Option(False, "--exec", help="Run it instead of printing it."),
+) -> None:
+    """Print the `vllm serve` command for one replica (extra arguments are passed through)."""
+    from gateway.config import get_settings
+
+    s = get_settings()
+    argv = vllm_argv(
+        base,
+        port=port,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank or s.max_lora_rank,
+        # The gateway keeps at most this many adapters loaded per replica; vLLM's CPU cache
+        # must hold them all, or it re-reads adapters from disk behind the gateway's back.
+        max_cpu_loras=max(max_cpu_loras or s.vllm_max_adapters_per_replica, max_loras),
+        extra=list(ctx.args),
+    )
+    if not exec_:
+        env = " ".join(f"{k}={v}" for k, v in RUNTIME_LORA_ENV.items())
+        sys.stdout.write(f"{env} {shlex.join(argv)}\n")
+        return
+    executable = shutil.which("vllm")
+    if executable is None:
+        typer.echo("error: `vllm` is not installed here (pip install 'flywheel[vllm]')", err=True)
+        raise typer.Exit(1)
+    os.execvpe(executable, argv, {**os.environ, **RUNTIME_LORA_ENV})
+
+
+@app.command("local")
+def local(
+    port: int = typer.Option(8000, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    base: Path = typer.Option(
+        None, help="Base model directory (default FLYWHEEL_BASE_MODEL, or the demo base)."
+    ),
+    served_model_name: str = typer.Option(
+        None, help="Name of the base in /v1/models (default FLYWHEEL_BASE_MODEL_NAME or derived)."
+    ),
+    max_loras: int = typer.Option(
+        None, help="Adapters kept in memory at once (default FLYWHEEL_MAX_LORAS)."
+    ),
+    max_lora_rank: int = typer.Option(
+        None, help="Refuse adapters above this rank, as vLLM does (default FLYWHEEL_MAX_LORA_RANK)."
+    ),
+    api_key: str = typer.Option(
+        None, envvar="FLYWHEEL_LOCAL_ENGINE_API_KEY", help="Require this bearer key on /v1/*."
+    ),
+    runtime_lora: bool = typer.Option(
+        True, help="Serve the adapter load/unload routes (like VLLM_ALLOW_RUNTIME_LORA_UPDATING)."
+    ),
+) -> None:
+    """Serve the embedded engine with vLLM's HTTP API (no GPU needed)."""
+    import uvicorn
+
+    from gateway.bootstrap import resolve_base
+    from gateway.cli.common import settings
+    from gateway.engine.embedded import EmbeddedEngine
+    from gateway.engine.local_server import create_local_app
+
+    s = settings()
+    if base is not None:
+        s = s.model_copy(update={"base_model": str(base)})
+    resolved = resolve_base(s)
+    name = served_model_name or resolved.name
+    engine = EmbeddedEngine(
+        resolved.path,
+        base_model_name=name,
+        device=s.device,
+        dtype=s.dtype,
+        max_batch_size=s.max_batch_size,
+        max_loras=max_loras or s.max_loras,
+        max_model_len=s.max_model_len,
+    )
+    app_ = create_local_app(
+        engine,
+        base_name=name,
+        base_root=str(resolved.path),
+        max_lora_rank=max_lora_rank or s.max_lora_rank,
+        runtime_lora=runtime_lora,
+        api_key=api_key,
+    )
+    typer.echo(f"flywheel engine local: {name} ({resolved.path}) on http://{host}:{port}", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    app()
