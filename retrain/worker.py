@@ -186,7 +186,9 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
     async with db.session() as session:
         tenant = await session.get(Tenant, row.tenant_id)
         adapter = await session.get(Adapter, row.adapter_id)
-    assert tenant is not None and adapter is not None
+    if tenant is None or adapter is None:
+        await _fail(db, row.id, "the round's tenant or adapter no longer exists")
+        return
     stop = asyncio.Event()
 
     async def beat() -> None:
@@ -215,14 +217,18 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
         # Refusals (too little data, imbalance) and training errors end the round; it is not
         # retried automatically (a worker that *died* is, through recover()).
         message = exc.message if isinstance(exc, FlywheelError) else f"{type(exc).__name__}: {exc}"
-        async with db.transaction() as session:
-            r = await session.get(TrainingRound, row.id)
-            if r is not None and r.state in ACTIVE:
-                r.state, r.error, r.finished_at = "failed", message, datetime.now(UTC)
-        log.warning("round %s failed: %s", row.id, message)
+        await _fail(db, row.id, message)
     finally:
         stop.set()
         await beater
+
+
+async def _fail(db: Database, round_id: str, message: str) -> None:
+    async with db.transaction() as session:
+        r = await session.get(TrainingRound, round_id)
+        if r is not None and r.state in ACTIVE:
+            r.state, r.error, r.finished_at = "failed", message, datetime.now(UTC)
+    log.warning("round %s failed: %s", round_id, message)
 
 
 async def run_worker(

@@ -1,0 +1,149 @@
+"""The retrain worker: scheduling, claims that never collide, and recovery of dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from gateway.db.models import Completion, Feedback, TrainingRound
+from gateway.db.session import Database
+from retrain.worker import claim, recover, schedule
+from tests.helpers import make_settings, seed_tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def seed_feedback(db: Database, tenant_id: str, adapter_id: str, n: int) -> None:
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        for i in range(n):
+            cid = f"chatcmpl-{uuid.uuid4().hex}"
+            session.add(
+                Completion(
+                    id=cid, tenant_id=tenant_id, kind="chat", model="bot", adapter_id=adapter_id, status="ok",
+                    request={"messages": [{"role": "user", "content": f"question {i}"}]}, params={},
+                    response_text=f"garbled answer {i}", received_at=now,
+                )
+            )
+            session.add(
+                Feedback(tenant_id=tenant_id, id=f"fb-{cid}", completion_id=cid,
+                         edited_output=f"Thank you for asking question {i}. Happy to help.", meta={})
+            )
+
+
+async def opted_in_tenant(db: Database, tmp: Path, url: str, base: Path, adapter: Path, **tenant: object) -> tuple[str, str]:
+    from adapters.registry import get_adapter
+    from gateway.services.tenants import update_tenant
+
+    settings = make_settings(tmp, url, base)
+    t = await seed_tenant(db, settings, f"w-{uuid.uuid4().hex[:8]}", {"bot": adapter})
+    async with db.transaction() as session:
+        await update_tenant(session, t.name, retrain_enabled=True, **tenant)
+        a = await get_adapter(session, t.id, "bot")
+    return t.name, a.id
+
+
+async def test_schedule_queues_once_and_respects_threshold(db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]) -> None:
+    name, adapter_id = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[0], retrain_min_feedback=10, retrain_max_age_hours=1000.0)
+    from gateway.services.tenants import get_tenant
+
+    async with db.session() as s:
+        tenant_id = (await get_tenant(s, name)).id
+    await seed_feedback(db, tenant_id, adapter_id, 5)
+    assert adapter_id not in await _queued_adapters(db, await schedule(db))
+    await seed_feedback(db, tenant_id, adapter_id, 5)
+    first = await schedule(db)
+    assert adapter_id in await _queued_adapters(db, first)
+    assert adapter_id not in await _queued_adapters(db, await schedule(db))  # no duplicate
+    # old feedback triggers even below the count threshold
+    later = datetime.now(UTC) + timedelta(hours=2000)
+    async with db.transaction() as s:
+        await s.execute(update(TrainingRound).where(TrainingRound.adapter_id == adapter_id).values(state="failed"))
+    assert adapter_id in await _queued_adapters(db, await schedule(db, now=later))
+    async with db.transaction() as s:  # leave no queued round behind for the worker tests
+        await s.execute(update(TrainingRound).where(TrainingRound.adapter_id == adapter_id).values(state="failed"))
+
+
+async def _queued_adapters(db: Database, round_ids: list[str]) -> set[str]:
+    async with db.session() as s:
+        return set(await s.scalars(select(TrainingRound.adapter_id).where(TrainingRound.id.in_(round_ids))))
+
+
+async def test_two_workers_never_claim_the_same_round(database_url: str) -> None:
+    dbs = [Database(database_url) for _ in range(4)]
+    try:
+        async with dbs[0].transaction() as s:
+            ids = [f"round_race_{uuid.uuid4().hex[:8]}" for _ in range(5)]
+            for rid in ids:
+                s.add(TrainingRound(id=rid, tenant_id="t", adapter_id=f"a-{rid}", state="queued"))
+        claimed: list[str] = []
+        for _ in range(6):
+            rows = await asyncio.gather(*(claim(d, f"w{i}") for i, d in enumerate(dbs)))
+            claimed += [r.id for r in rows if r is not None and r.id in ids]
+        assert sorted(claimed) == sorted(ids)  # each exactly once
+    finally:
+        for d in dbs:
+            await d.close()
+
+
+async def test_dead_worker_round_is_recovered(db: Database, database_url: str, tmp_path: Path, demo_base: Path) -> None:
+    settings = make_settings(tmp_path, database_url, demo_base, retrain_round_timeout_s=60, retrain_max_attempts=2)
+    rid = f"round_dead_{uuid.uuid4().hex[:8]}"
+    async with db.transaction() as s:
+        s.add(TrainingRound(id=rid, tenant_id="t", adapter_id=f"a-{rid}", state="queued", created_at=datetime(2000, 1, 1, tzinfo=UTC)))
+    for attempt in (1, 2):
+        row = await claim(db, "doomed")
+        assert row is not None and row.id == rid and row.attempts == attempt
+        # the worker dies: its heartbeat stops; a minute later it is stale
+        assert await recover(db, settings) == {"requeued": 0, "failed": 0}
+        counts = await recover(db, settings, now=datetime.now(UTC) + timedelta(seconds=61))
+        async with db.session() as s:
+            state = (await s.get(TrainingRound, rid)).state  # type: ignore[union-attr]
+        if attempt == 1:
+            assert counts["requeued"] >= 1 and state == "queued"
+        else:
+            assert counts["failed"] >= 1 and state == "failed"
+
+
+@pytest.mark.slow
+async def test_killed_worker_process_round_is_requeued(db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]) -> None:
+    """A real `flywheel retrain worker` killed with SIGKILL mid-round leaves it to recovery."""
+    name, adapter_id = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[1], retrain_min_feedback=8)
+    from gateway.services.tenants import get_tenant
+
+    async with db.session() as s:
+        tenant_id = (await get_tenant(s, name)).id
+    await seed_feedback(db, tenant_id, adapter_id, 40)
+    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path), "FLYWHEEL_DATABASE_URL": database_url,
+           "FLYWHEEL_BASE_MODEL": str(demo_base), "FLYWHEEL_BASE_MODEL_NAME": "demo-base", "FLYWHEEL_RETRAIN_MIN_ROWS": "8"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "retrain", "worker", "--poll", "0.2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"))
+    try:
+        row = None
+        for _ in range(600):  # poll the database for the claim, up to ~60 s
+            async with db.session() as s:
+                row = await s.scalar(select(TrainingRound).where(TrainingRound.adapter_id == adapter_id, TrainingRound.state == "running"))
+            if row is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert row is not None, "worker never claimed the round"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    settings = make_settings(tmp_path, database_url, demo_base, retrain_round_timeout_s=30)
+    async with db.session() as s:
+        assert (await s.get(TrainingRound, row.id)).state == "running"  # type: ignore[union-attr]
+    await recover(db, settings, now=datetime.now(UTC) + timedelta(seconds=31))
+    async with db.session() as s:
+        assert (await s.get(TrainingRound, row.id)).state == "queued"  # type: ignore[union-attr]
