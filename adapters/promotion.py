@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from adapters.registry import SERVABLE_STATES, engine_name, get_adapter, get_version, set_route
+from gateway import metrics
 from gateway.db.models import Adapter, AdapterVersion, RouteEvent
 from gateway.db.session import Database
 from gateway.engine.base import AdapterRef, Engine, GenerationRequest, SamplingParams
@@ -141,6 +142,7 @@ class Promoter:
                     },
                 )
             seconds = loop.time() - started
+            metrics.PROMOTIONS.labels(action).inc()
             if old is not None:
                 self._drain(adapter_ref(old))
         log.info(

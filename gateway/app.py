@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway import metrics
 from gateway.api import errors as api_errors
 from gateway.api import health
 from gateway.api.middleware import RequestIdMiddleware
@@ -71,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.check_production()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics.configure(settings.metrics_tenant_label)
     db = Database(settings.resolved_database_url)
     await upgrade(db.engine)
     engine = await build_engine(settings, db)

@@ -20,6 +20,7 @@ from typing import Any
 from adapters.golden import golden_for_gate
 from adapters.promotion import adapter_ref
 from adapters.registry import get_adapter, get_version
+from gateway import metrics
 from gateway.bootstrap import BaseModel, resolve_base, signing_keys
 from gateway.config import Settings
 from gateway.db.models import AdapterVersion, GateReport, TrainingRound
@@ -270,6 +271,7 @@ async def run_gate(
             detail={"reasons": verdict.reasons},
         )
     log.info("gate %s@%d: %s", adapter, version, "passed" if verdict.passed else "rejected")
+    metrics.GATE_OUTCOMES.labels("passed" if verdict.passed else "rejected").inc()
     return GateOutcome(
         report.id,
         verdict.passed,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from adapters.registry import add_version, get_adapter
 from feedback.export import FeedbackRow, select_rows, to_dpo, to_kto
+from gateway import metrics
 from gateway.bootstrap import resolve_base
 from gateway.config import Settings
 from gateway.db.models import AdapterVersion, Tenant, TrainingRound
@@ -235,6 +236,8 @@ async def run_round(
                 allow_dora=settings.engine != "vllm",
                 actor="retrain",
             )
+        metrics.ROUNDS.labels("succeeded").inc()
+        metrics.ROUND_SECONDS.observe(sum(result.timings.values()))
         await _update(
             db,
             round_id,
@@ -245,6 +248,7 @@ async def run_round(
             finished_at=datetime.now(UTC),
         )
     except Exception as exc:
+        metrics.ROUNDS.labels("failed").inc()
         await _update(
             db,
             round_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import StateDep
 
@@ -34,3 +34,15 @@ async def readyz(state: StateDep) -> JSONResponse:
         "ready" if ready and db_ok and not log.degraded else ("degraded" if ready else "not ready")
     )
     return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus exposition text."""
+    from gateway import metrics as m
+
+    def live() -> m.LiveState:
+        log = state.completions
+        return m.LiveState(log.depth, log.spool_rows, state.engine.stats())
+
+    return Response(m.render(m.LiveCollector(live)), media_type=m.CONTENT_TYPE_LATEST)

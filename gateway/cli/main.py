@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.cli import adapters, db, demo, feedback, gate, golden, keys, retrain, serve, tenants
+from gateway.cli import adapters, admin, db, demo, feedback, gate, golden, keys, retrain, serve, tenants
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -21,6 +21,7 @@ app.add_typer(golden.app, name="golden")
 app.add_typer(gate.app, name="gate")
 app.add_typer(retrain.app, name="retrain")
 app.add_typer(demo.app, name="demo")
+app.add_typer(admin.app, name="admin")
 
 if __name__ == "__main__":
     app()

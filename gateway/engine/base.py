@@ -62,6 +62,15 @@ class GenerationChunk:
     completion_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class ReplicaStats:
+    """Adapter residency of one engine replica, for metrics."""
+
+    resident: int
+    loads: int
+    evictions: int
+
+
 # Called before any adapter is loaded; raises AdapterLoadRefused when it must not be.
 Verifier = Callable[[AdapterRef], None]
 
@@ -87,3 +96,7 @@ class Engine(Protocol):
         ...
 
     def loaded_adapters(self) -> list[str]: ...
+
+    def stats(self) -> dict[str, ReplicaStats]:
+        """Residency per replica (one entry, "embedded", for the embedded engine)."""
+        ...

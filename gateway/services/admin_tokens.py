@@ -57,7 +57,13 @@ async def ensure_dev_admin_token(session: AsyncSession, settings: Settings) -> N
     """In development, keep one admin token in ``<data_dir>/admin-token`` (mode 0600) so the
     local CLI can reach the admin API; production operators create tokens explicitly."""
     path = dev_token_path(settings)
-    if settings.environment != "development" or path.exists():
+    if settings.environment != "development":
+        return
+    if path.exists():
+        # The file outlived its database (a new FLYWHEEL_DATABASE_URL): register it again.
+        digest = hash_secret(path.read_text().strip())
+        if await session.scalar(select(AdminToken).where(AdminToken.token_hash == digest)) is None:
+            session.add(AdminToken(id=new_id("adm"), token_hash=digest))
         return
     _, secret = await create_admin_token(session)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

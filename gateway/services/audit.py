@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway import metrics
 from gateway.db.models import AuditEvent
 from gateway.db.session import Database
 from gateway.engine.base import AdapterRef
@@ -62,6 +63,7 @@ def refused_load_recorder(
 
     def on_refused(ref: AdapterRef, reason: str) -> None:
         log.warning("refused to load adapter %s: %s", ref.version_id, reason)
+        metrics.REFUSED_LOADS.inc()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
+from gateway import metrics
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
-from gateway.errors import FlywheelError, InvalidRequest
+from gateway.errors import FlywheelError, InvalidRequest, RateLimited
 from gateway.ids import completion_id
 from gateway.ratelimit import Limits
 from gateway.state import AppState
@@ -54,10 +55,15 @@ class _Call:
     first_token_at: datetime | None = None
     status: str = "ok"
     error_type: str | None = None
+    # perf_counter stamps for the latency metrics
+    t_received: float = field(default_factory=time.perf_counter)
+    t_engine: float = 0.0
+    t_first: float = 0.0
 
     def absorb(self, chunk: GenerationChunk) -> None:
         if self.first_token_at is None and chunk.text:
             self.first_token_at = _now()
+            self.t_first = time.perf_counter()
         self.text.append(chunk.text)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
@@ -108,6 +114,21 @@ class _Call:
         }
 
 
+def _observe(call: _Call) -> None:
+    done = time.perf_counter()
+    tenant, adapter = metrics.tenant(call.auth.tenant.name), call.resolved.label
+    metrics.REQUESTS.labels(tenant, adapter, call.status).inc()
+    metrics.REQUEST_SECONDS.labels(tenant, adapter).observe(done - call.t_received)
+    if call.t_first:
+        metrics.TTFT_SECONDS.labels(tenant, adapter).observe(call.t_first - call.t_received)
+    if call.t_engine:
+        metrics.ENGINE_SECONDS.labels(adapter).observe(done - call.t_engine)
+        # Before the engine: auth, routing, limits; the formatting after it is negligible.
+        metrics.OVERHEAD_SECONDS.observe(call.t_engine - call.t_received)
+    metrics.TOKENS.labels(tenant, adapter, "in").inc(call.prompt_tokens)
+    metrics.TOKENS.labels(tenant, adapter, "out").inc(call.completion_tokens)
+
+
 class OpenAIServing:
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -139,7 +160,13 @@ class OpenAIServing:
         # ~4 characters per token is the usual estimate; real usage is settled afterwards.
         estimate = prompt_chars // 4 + sampling.max_tokens
         limits = self._limits(auth)
-        await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
+        try:
+            await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
+        except RateLimited:
+            tenant = metrics.tenant(auth.tenant.name)
+            metrics.RATE_LIMITED.labels(tenant).inc()
+            metrics.REQUESTS.labels(tenant, resolved.label, "rate_limited").inc()
+            raise
 
         call = _Call(
             id=completion_id(kind),
@@ -162,6 +189,7 @@ class OpenAIServing:
         )
         self.state.completions.begin(call.id, auth.tenant.id)
         headers = self._headers(call)
+        call.t_engine = time.perf_counter()
         stream = self.state.engine.generate(gen_request)
         try:
             # The first chunk is awaited before any response starts, so load failures, bad
@@ -221,6 +249,7 @@ class OpenAIServing:
             else:  # CancelledError: the client went away
                 call.status, call.error_type = "cancelled", "client_disconnected"
         self.state.completions.submit(call.log_row())
+        _observe(call)
         used = call.prompt_tokens + call.completion_tokens
         await self.state.limiter.settle(call.auth.tenant.id, limits, used - call.estimate)
 

@@ -1,0 +1,135 @@
+"""The admin API (its own credential, audited) and Prometheus metrics after real traffic."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from gateway.app import create_app
+from gateway.db.models import AuditEvent
+from gateway.services.admin_tokens import local_admin_token
+from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass
+class Env:
+    app: FastAPI
+    client: httpx.AsyncClient
+    tenant: SeededTenant
+    admin: dict[str, str]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env(fresh_database_url: str, demo_base: Path, demo_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    settings = make_settings(tmp_path_factory.mktemp("admin"), fresh_database_url, demo_base)
+    app = create_app(settings)
+    async with running_app(app) as client:
+        t = await seed_tenant(app.state.flywheel.db, settings, "metered", {"support": demo_adapters[0]})
+        yield Env(app, client, t, {"Authorization": f"Bearer {local_admin_token(settings)}"})
+
+
+def admin_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """Every admin operation, from the OpenAPI schema (which documents them all)."""
+    out = []
+    for path, ops in app.openapi()["paths"].items():
+        if path.startswith("/admin"):
+            concrete = re.sub(r"\{[^}]+\}", "x", path).replace("/versions/x/", "/versions/1/")
+            out += [(method.upper(), concrete) for method in ops]
+    return out
+
+
+async def test_admin_refuses_tenant_keys_and_bad_tokens(env: Env) -> None:
+    routes = admin_routes(env.app)
+    assert len(routes) >= 15
+    for method, path in routes:
+        for headers in ({}, {"Authorization": f"Bearer {env.tenant.key}"}, {"Authorization": "Bearer fwadm-nope"}):
+            r = await env.client.request(method, path, headers=headers, json={})
+            assert r.status_code == 401, (method, path, r.status_code)
+            assert r.json()["error"]["type"] == "authentication_error"
+
+
+async def test_admin_actions_are_audited(env: Env) -> None:
+    c, h = env.client, env.admin
+    r = await c.post("/admin/tenants", json={"name": "via-admin", "rpm_limit": 5}, headers=h)
+    assert r.status_code == 201 and r.json()["api_key"].startswith("fw-")
+    key_id = r.json()["key_id"]
+    assert (await c.patch("/admin/tenants/via-admin", json={"tpm_limit": 1000}, headers=h)).json()["tpm_limit"] == 1000
+    assert (await c.post("/admin/tenants/via-admin/keys/rotate", headers=h)).json()["revoked"] == [key_id]
+    new = (await c.post("/admin/tenants/via-admin/keys", headers=h)).json()
+    assert (await c.delete(f"/admin/keys/{new['id']}", headers=h)).json()["revoked_at"]
+    assert (await c.get("/admin/tenants", headers=h)).status_code == 200
+    assert any(a["adapter"] == "support" for a in (await c.get("/admin/adapters?tenant=metered", headers=h)).json())
+    assert (await c.post("/admin/adapters/metered/support/versions/1/verify", headers=h)).json()["verified"]
+    stats = (await c.get("/admin/feedback/stats?tenant=metered", headers=h)).json()
+    assert set(stats) >= {"completions", "up", "down", "edits"}
+    bad = await c.patch("/admin/tenants/via-admin", json={"rpm_limit": "lots"}, headers=h)
+    assert bad.status_code == 400
+    async with env.app.state.flywheel.db.session() as s:
+        actions = list(await s.scalars(select(AuditEvent.action).where(AuditEvent.actor.like("admin:%"))))
+    assert {"tenant.create", "tenant.update", "key.rotate", "key.create", "key.revoke"} <= set(actions)
+    audit = (await c.get("/admin/audit", headers=h)).json()
+    assert audit[0]["remote_addr"] is not None
+
+
+async def test_openapi_documents_admin(env: Env) -> None:
+    schema = (await env.client.get("/openapi.json")).json()
+    assert "/admin/adapters/{tenant}/{name}/promote" in schema["paths"]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_metrics_move_with_openai_traffic(env: Env) -> None:
+    before = (await env.client.get("/metrics")).text
+    transport = httpx.ASGITransport(app=env.app)
+    oa = openai.AsyncOpenAI(base_url="http://flywheel/v1", api_key=env.tenant.key, http_client=httpx.AsyncClient(transport=transport))
+    for _ in range(3):
+        await oa.chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    stream = await oa.chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True)
+    async for _ in stream:
+        pass
+    after = (await env.client.get("/metrics")).text
+    labels = {"tenant": "metered", "adapter": "support@1"}
+    assert sample(after, "flywheel_requests_total", status="ok", **labels) - sample(before, "flywheel_requests_total", status="ok", **labels) == 4
+    assert sample(after, "flywheel_request_duration_seconds_count", **labels) - sample(before, "flywheel_request_duration_seconds_count", **labels) == 4
+    assert sample(after, "flywheel_tokens_total", direction="out", **labels) > sample(before, "flywheel_tokens_total", direction="out", **labels)
+    assert sample(after, "flywheel_time_to_first_token_seconds_count", **labels) >= 4
+    assert sample(after, "flywheel_gateway_overhead_seconds_count") >= 4
+    assert sample(after, "flywheel_adapters_resident", replica="embedded") >= 1
+    assert sample(after, "flywheel_adapter_loads_total", replica="embedded") >= 1
+    assert "flywheel_completion_log_queue_depth" in after
+
+
+def test_metric_names_match_deploy_list() -> None:
+    """The dashboard references deploy/metrics.txt; the code exports exactly those names."""
+    from prometheus_client import REGISTRY
+
+    from gateway import metrics
+
+    listed = set((Path(__file__).parent.parent / "deploy" / "metrics.txt").read_text().split())
+    live = metrics.LiveCollector(lambda: metrics.LiveState(0, 0, {}))
+    families = [*REGISTRY.collect(), *live.collect()]
+    exported = {
+        f.name + "_total" if f.type == "counter" else f.name
+        for f in families
+        if f.name.startswith("flywheel_")
+    }
+    assert exported == listed
