@@ -73,10 +73,9 @@ async def demo_bootstrap(
 
     Returns (tenant, key) pairs; the keys are printed once by the caller and never stored.
     """
-    from adapters.signing import sign_adapter, signature_path_for
-
     from adapters.demo import build_demo_adapter
     from adapters.registry import add_version
+    from adapters.signing import sign_adapter, signature_path_for
     from gateway.services.tenants import create_key, create_tenant
 
     async with db.session() as session:

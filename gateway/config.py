@@ -181,10 +181,14 @@ class Settings(BaseSettings):
 
     def check_production(self) -> None:
         """Refuse the development secrets outside development."""
-        if self.environment == "production" and (
-            self.feedback_token_secret.get_secret_value() == _DEV_SECRET
-        ):
-            raise ValueError("FLYWHEEL_FEEDBACK_TOKEN_SECRET must be set in production")
+        secret = self.feedback_token_secret.get_secret_value()
+        if self.environment == "production" and (secret == _DEV_SECRET or len(secret) < 32):
+            raise ValueError(
+                "FLYWHEEL_FEEDBACK_TOKEN_SECRET must be set to a random value of at least 32 "
+                "characters in production"
+            )
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 32:
+            raise ValueError("FLYWHEEL_ADMIN_TOKEN must be at least 32 characters")
 
 
 @lru_cache

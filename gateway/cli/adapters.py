@@ -121,3 +121,21 @@ def rollback(
 ) -> None:
     """Return TENANT's adapter to the version that served before the current one."""
     _swap(tenant, name, None, reason, offline)
+
+
+@app.command("sign")
+@clean_errors
+def sign(
+    tenant: str = typer.Option(...),
+    name: str = typer.Option(..., "--adapter", "--name"),
+    version: int = typer.Option(...),
+) -> None:
+    """Sign a stored version with the ops private key (for keys kept off the cluster)."""
+    from gateway.services.adapters import sign_version
+
+    async def go(db: Database, s: Settings) -> str:
+        async with db.transaction() as session:
+            row = await sign_version(session, s, tenant_name=tenant, name=name, version=version)
+            return f"{name}@{row.version} signed: {row.signature_path}"
+
+    out(run_db(go))

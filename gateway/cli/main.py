@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from gateway.cli import adapters, admin, db, demo, feedback, gate, golden, keys, retrain, serve, tenants
+from gateway.cli import (
+    adapters,
+    admin,
+    db,
+    demo,
+    feedback,
+    gate,
+    golden,
+    keys,
+    retrain,
+    serve,
+    tenants,
+)
 
 app = typer.Typer(
     no_args_is_help=True,

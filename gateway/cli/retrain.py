@@ -67,13 +67,19 @@ def run(
 def worker(
     once: bool = typer.Option(False, help="Run what is due, then exit."),
     poll: float = typer.Option(10.0, help="Seconds between polls when idle."),
+    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
 ) -> None:
     """Schedule rounds for opted-in tenants and run them; safe to run several at once."""
+    from prometheus_client import start_http_server
+
     from gateway.cli.common import settings
     from gateway.logs import configure_logging
     from retrain.worker import run_worker
 
     configure_logging(settings())
+    if metrics_port:
+        # Round and gate metrics happen here, not in the gateway: expose them for scraping.
+        start_http_server(metrics_port)
 
     async def go(db: Database, s: Settings) -> int:
         return await run_worker(db, s, once=once, poll_s=poll)

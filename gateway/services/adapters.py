@@ -98,3 +98,28 @@ async def verify_version(
         raise AdapterLoadRefused("no trusted public key configured (FLYWHEEL_SIGNING_PUBLIC_KEY)")
     verify_adapter(Path(row.path), public, signature_path_for(Path(row.path)))
     return row
+
+
+async def sign_version(
+    session: AsyncSession, settings: Settings, *, tenant_name: str, name: str, version: int
+) -> AdapterVersion:
+    """Sign an already stored version (rejected versions are never signed)."""
+    from adapters.signing import sign_adapter, signature_path_for
+
+    tenant = await get_tenant(session, tenant_name)
+    row = await get_version(session, await get_adapter(session, tenant.id, name), version)
+    if row.state == "rejected":
+        raise InvalidRequest(f"{name}@{version} was rejected by the gate; it is never signed")
+    private, _ = signing_keys(settings)
+    if private is None:
+        raise InvalidRequest("no signing key: set FLYWHEEL_SIGNING_PRIVATE_KEY")
+    stored = Path(row.path)
+    row.signature_path = str(sign_adapter(stored, private, signature_path_for(stored)))
+    audit.record(
+        session,
+        actor="cli",
+        action="adapter.sign",
+        target=f"{tenant_name}/{name}@{version}",
+        tenant_id=tenant.id,
+    )
+    return row

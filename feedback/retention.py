@@ -1,0 +1,137 @@
+"""Retention (per-tenant ``retention_days``) and erasure of one end user's data.
+
+Deletes run in bounded batches: select up to ``batch_size`` primary keys through an index
+(ix_completions_tenant_created, ix_feedback_tenant_updated, ..._tenant_user,
+..._tenant_completion), delete exactly those, commit, repeat.  One giant ``DELETE ... WHERE
+created_at < cutoff`` would hold its locks and a single snapshot for as long as it runs, write
+its whole WAL at once (replicas lag, vacuum cannot clean behind it) and, on SQLite, hold the
+one write lock so the completion log could not write for the duration.  Short transactions let
+the log writer interleave.
+
+On PostgreSQL at scale the alternative is to partition ``completions`` by ``created_at``
+(monthly) and drop whole partitions past the longest retention; per-tenant retention shorter
+than that would still need these batched deletes, so they stay the general mechanism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, delete, select
+
+from feedback.log import as_utc
+from gateway.db.models import Completion, Feedback, Tenant
+from gateway.db.session import Database
+
+if TYPE_CHECKING:
+    from feedback.log import CompletionLog
+
+
+@dataclass
+class Deleted:
+    completions: int = 0
+    feedback: int = 0
+
+    def add(self, other: Deleted) -> None:
+        self.completions += other.completions
+        self.feedback += other.feedback
+
+
+async def enforce(db: Database, now: datetime | None = None, batch_size: int = 5000) -> Deleted:
+    """Delete completions and feedback older than each tenant's ``retention_days``."""
+    now = as_utc(now) if now is not None else datetime.now(UTC)
+    async with db.session() as session:
+        tenants = (
+            await session.execute(
+                select(Tenant.id, Tenant.retention_days).where(Tenant.retention_days.is_not(None))
+            )
+        ).all()
+    total = Deleted()
+    for tenant_id, days in tenants:
+        if days is None:  # filtered above; narrows the type
+            continue
+        cutoff = now - timedelta(days=days)
+        total.add(
+            await _delete_completions(
+                db,
+                (Completion.tenant_id == tenant_id) & (Completion.created_at < cutoff),
+                tenant_id,
+                batch_size,
+            )
+        )
+        total.feedback += await _delete_feedback(
+            db, Feedback.updated_at < cutoff, tenant_id, batch_size
+        )
+    return total
+
+
+async def forget_end_user(
+    db: Database,
+    tenant_id: str,
+    end_user: str,
+    *,
+    log: CompletionLog | None = None,
+    batch_size: int = 5000,
+) -> Deleted:
+    """Erase one end user: their completions, their feedback, and any feedback on their
+    completions.  Pass the running ``log`` so rows still queued or spooled land first and are
+    erased too (otherwise they would be written after the erasure)."""
+    if log is not None:
+        await log.flush()
+    deleted = await _delete_completions(
+        db,
+        (Completion.tenant_id == tenant_id) & (Completion.end_user == end_user),
+        tenant_id,
+        batch_size,
+    )
+    deleted.feedback += await _delete_feedback(
+        db, Feedback.end_user == end_user, tenant_id, batch_size
+    )
+    return deleted
+
+
+async def _delete_completions(
+    db: Database, where: ColumnElement[bool], tenant_id: str, batch_size: int
+) -> Deleted:
+    """Completions matching ``where``, with the feedback on them, a batch per transaction."""
+    deleted = Deleted()
+    while True:
+        async with db.transaction() as session:
+            ids = list(await session.scalars(select(Completion.id).where(where).limit(batch_size)))
+            if not ids:
+                return deleted
+            fb = await session.execute(
+                delete(Feedback).where(
+                    Feedback.tenant_id == tenant_id, Feedback.completion_id.in_(ids)
+                )
+            )
+            done = await session.execute(delete(Completion).where(Completion.id.in_(ids)))
+        deleted.feedback += _rowcount(fb)
+        deleted.completions += _rowcount(done)
+
+
+async def _delete_feedback(
+    db: Database, where: ColumnElement[bool], tenant_id: str, batch_size: int
+) -> int:
+    count = 0
+    while True:
+        async with db.transaction() as session:
+            ids = list(
+                await session.scalars(
+                    select(Feedback.id)
+                    .where(Feedback.tenant_id == tenant_id, where)
+                    .limit(batch_size)
+                )
+            )
+            if not ids:
+                return count
+            result = await session.execute(
+                delete(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.id.in_(ids))
+            )
+        count += _rowcount(result)
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount or 0)

@@ -1,0 +1,1 @@
+"""POST/GET /v1/feedback: thumbs, edits and comments on completions (protocol, serving, router)."""

@@ -1,0 +1,363 @@
+"""The embedded engine: one base model and many LoRA adapters, in-process on transformers + PEFT.
+
+Scheduling is *wave batching*: when the engine thread is free it takes every waiting request
+(up to ``max_batch_size``) and decodes them together, one forward pass per step, until the
+last of them finishes; requests that arrive meanwhile wait for the next wave.  Rows for
+different adapters share the pass through PEFT's mixed-adapter batches (``adapter_names``),
+except DoRA adapters, which PEFT refuses to mix: each DoRA adapter's rows get their own pass
+in the same wave.  Finished and cancelled rows leave the batch at once, so a wave never waits
+on a client that has gone.  vLLM does continuous batching instead (new requests join between
+steps); that is what production traffic should run on, and what the vLLM engine provides.
+
+Requests submitted in the same event-loop iteration reach the engine thread together, so
+requests started concurrently (``asyncio.gather``) share a wave.
+
+Threads: the event loop owns the adapter registry (which adapters are resident, their LRU
+order, requests in flight); the engine thread (embedded_worker) owns the model.  Chunks
+travel back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from jinja2 import TemplateError
+
+from gateway import metrics
+from gateway.engine.base import (
+    AdapterRef,
+    GenerationChunk,
+    GenerationRequest,
+    ReplicaStats,
+    Verifier,
+)
+from gateway.engine.embedded_batch import Emit, Row
+from gateway.engine.embedded_text import StreamText
+from gateway.engine.embedded_worker import EngineWorker, RowStats
+from gateway.errors import EngineError, EngineUnavailable, InvalidRequest
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is float32 on CPU (bfloat16 matmuls there are slow) and bfloat16 elsewhere."""
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class EmbeddedEngine:
+    """In-process multi-LoRA engine; implements gateway.engine.base.Engine."""
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        *,
+        base_model_name: str,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_batch_size: int = 16,
+        max_loras: int = 64,
+        max_model_len: int = 2048,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.base_model_name = base_model_name
+        self._base_model = str(base_model)
+        self._device = device
+        self._dtype = resolve_dtype(dtype, device)
+        self._max_batch_size = max_batch_size
+        self.max_loras = max_loras
+        self.max_model_len = max_model_len
+        self._verifier = verifier
+        self._worker: EngineWorker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tokenizer: Any = None
+        self._outbox: list[Row] = []
+        self._resident: OrderedDict[str, AdapterRef] = OrderedDict()  # least recently used first
+        self._in_flight: Counter[str] = Counter()
+        self._idle_waiters: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Metrics.
+        self.loads = 0
+        self.evictions = 0
+        self.last_load_seconds = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the tokenizer and the model (on the engine thread) and start serving."""
+        if self._worker is not None:
+            return
+        from transformers import AutoTokenizer
+
+        self._loop = asyncio.get_running_loop()
+        worker = EngineWorker(
+            self._base_model,
+            device=self._device,
+            dtype=self._dtype,
+            max_batch_size=self._max_batch_size,
+        )
+        worker.start()
+        # The engine thread decodes with its own tokenizer; this one encodes on the event loop,
+        # because one fast tokenizer used from two threads can fail with "Already borrowed".
+        self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self._base_model)
+        await asyncio.wrap_future(worker.started)
+        self._worker = worker
+
+    async def stop(self) -> None:
+        """Stop the engine thread; unfinished generations end with an EngineError."""
+        worker = self._worker
+        if worker is None:
+            return
+        self._flush()
+        self._worker = None
+        worker.stop()
+        await asyncio.to_thread(worker.join)
+        self._resident.clear()
+
+    def ready(self) -> bool:
+        return self._worker is not None
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    @property
+    def waves(self) -> int:
+        return self._worker.waves if self._worker else 0
+
+    @property
+    def forward_passes(self) -> int:
+        return self._worker.forward_passes if self._worker else 0
+
+    @property
+    def recent(self) -> list[RowStats]:
+        """How recent generations ended (bounded), oldest first."""
+        return list(self._worker.recent) if self._worker else []
+
+    # --- adapters ------------------------------------------------------------------------------
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._resident)
+
+    def stats(self) -> dict[str, ReplicaStats]:
+        return {"embedded": ReplicaStats(len(self._resident), self.loads, self.evictions)}
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Verify and load ``adapter``; idempotent; concurrent calls for one name load once."""
+        worker = self._require_worker()
+        name = adapter.engine_name
+        if self._touch(name):
+            return
+        async with self._lock(name):
+            if self._touch(name):
+                return
+            if self._verifier is not None:
+                await asyncio.to_thread(self._verifier, adapter)
+            started = time.perf_counter()
+            await asyncio.wrap_future(worker.call(partial(worker.load_adapter, name, adapter.path)))
+            self.last_load_seconds = time.perf_counter() - started
+            metrics.ADAPTER_LOAD_SECONDS.labels("embedded").observe(self.last_load_seconds)
+            self.loads += 1
+            self._resident[name] = adapter
+        self._evict_excess(keep=name)
+
+    async def unload_adapter(self, engine_name: str) -> None:
+        """Delete an adapter once no request is using it."""
+        worker = self._require_worker()
+        async with self._lock(engine_name):
+            while self._in_flight[engine_name]:
+                idle = self._idle_waiters.setdefault(engine_name, asyncio.Event())
+                await idle.wait()
+            if self._resident.pop(engine_name, None) is None:
+                return
+            await asyncio.wrap_future(worker.call(partial(worker.delete_adapter, engine_name)))
+
+    def _touch(self, name: str) -> bool:
+        if name not in self._resident:
+            return False
+        self._resident.move_to_end(name)
+        return True
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _evict_excess(self, *, keep: str | None = None) -> None:
+        """Delete least recently used idle adapters while more than ``max_loras`` are resident."""
+        worker = self._worker
+        while worker is not None and len(self._resident) > self.max_loras:
+            victim = next((n for n in self._resident if self._evictable(n, keep)), None)
+            if victim is None:
+                return  # every other adapter is busy; retried when a request finishes
+            del self._resident[victim]
+            self.evictions += 1
+            # Fire and forget: the engine thread runs jobs in order, so a later reload of the
+            # same name cannot overtake this delete.
+            worker.call(partial(worker.delete_adapter, victim))
+
+    def _evictable(self, name: str, keep: str | None) -> bool:
+        return name != keep and not self._in_flight[name] and not self._lock(name).locked()
+
+    def _acquire(self, name: str | None) -> None:
+        if name is not None:
+            self._in_flight[name] += 1
+
+    def _release(self, name: str | None) -> None:
+        if name is None:
+            return
+        self._in_flight[name] -= 1
+        if self._in_flight[name] > 0:
+            return
+        del self._in_flight[name]
+        idle = self._idle_waiters.pop(name, None)
+        if idle is not None:
+            idle.set()
+        self._evict_excess()
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream deltas.  Closing the iterator (client gone) cancels the generation.
+
+        The prompt is tokenized and checked here, so an invalid request raises before
+        anything is queued.
+        """
+        self._require_worker()
+        prompt_ids = self._prompt_ids(request)
+        self._check_length(request, len(prompt_ids))
+        return self._stream(request, prompt_ids)
+
+    async def _stream(
+        self, request: GenerationRequest, prompt_ids: list[int]
+    ) -> AsyncIterator[GenerationChunk]:
+        name = request.adapter.engine_name if request.adapter is not None else None
+        queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        row: Row | None = None
+        self._acquire(name)
+        try:
+            if request.adapter is not None:
+                await self.load_adapter(request.adapter)
+            row = self._make_row(request, prompt_ids, queue)
+            self._submit(row)
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if row is not None:
+                row.cancelled = True  # a no-op once finished; stops the row if the client left
+            self._release(name)
+
+    def _make_row(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        queue: asyncio.Queue[GenerationChunk | BaseException],
+    ) -> Row:
+        worker = self._require_worker()
+        sampling = request.sampling
+        return Row(
+            request_id=request.request_id,
+            adapter=request.adapter.engine_name if request.adapter is not None else None,
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            text=StreamText(worker.tokenizer, prompt_ids, sampling.stop),
+            emit=self._emitter(queue),
+            generator=self._generator(sampling.seed, sampling.greedy, worker.device),
+        )
+
+    @staticmethod
+    def _generator(seed: int | None, greedy: bool, device: torch.device) -> torch.Generator | None:
+        if greedy:
+            return None
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def _emitter(self, queue: asyncio.Queue[GenerationChunk | BaseException]) -> Emit:
+        loop = self._loop
+        assert loop is not None
+
+        def emit(item: GenerationChunk | BaseException) -> None:
+            # A closed event loop raises RuntimeError; nobody is listening any more then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        return emit
+
+    def _submit(self, row: Row) -> None:
+        # Rows submitted in one loop iteration are handed over together, so they share a wave.
+        self._outbox.append(row)
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        rows, self._outbox = self._outbox, []
+        if not rows:
+            return
+        if self._worker is None:
+            for row in rows:
+                row.emit(EngineError("the engine is stopped"))
+            return
+        self._worker.submit(rows)
+
+    # --- prompts -------------------------------------------------------------------------------
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        tokenizer = self._tokenizer
+        if request.messages is not None:
+            try:
+                text = tokenizer.apply_chat_template(
+                    request.messages, tokenize=False, add_generation_prompt=True
+                )
+            except (TemplateError, ValueError) as exc:  # ValueError: no chat template
+                raise InvalidRequest(
+                    f"the messages do not fit the chat template: {exc}", param="messages"
+                ) from exc
+            ids = list(tokenizer.encode(text, add_special_tokens=False))
+        elif request.prompt is not None:
+            ids = list(tokenizer.encode(request.prompt))
+            bos = tokenizer.bos_token_id
+            if bos is not None and ids[:1] != [bos]:
+                ids.insert(0, bos)
+        else:
+            raise InvalidRequest("the request has neither messages nor a prompt", param="messages")
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param=_prompt_param(request))
+        return ids
+
+    def _check_length(self, request: GenerationRequest, prompt_tokens: int) -> None:
+        max_tokens = request.sampling.max_tokens
+        if max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"The prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
+                f"they exceed this model's maximum context length of {self.max_model_len} "
+                "tokens.  Shorten the prompt or lower max_tokens.",
+                param=_prompt_param(request),
+            )
+
+    def _require_worker(self) -> EngineWorker:
+        if self._worker is None:
+            raise EngineUnavailable("the embedded engine is not running")
+        return self._worker
+
+
+def _prompt_param(request: GenerationRequest) -> str:
+    return "messages" if request.messages is not None else "prompt"

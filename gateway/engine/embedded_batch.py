@@ -1,0 +1,162 @@
+"""One row per generation, and the group of rows that share a forward pass and a KV cache.
+
+Rows are left-padded so every row's newest token sits in the last column; the attention mask
+hides the padding and the position ids count only real tokens, so a row's logits are the
+same whether it runs alone or beside others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import DynamicCache
+
+from gateway.engine.base import GenerationChunk, SamplingParams
+from gateway.engine.embedded_lora import BASE_ADAPTER, AdapterRouter
+from gateway.engine.embedded_text import StreamText
+
+Emit = Callable[[GenerationChunk | BaseException], None]
+
+
+@dataclass(eq=False)
+class Row:
+    """A generation as the engine thread sees it; ``cancelled`` is set from the event loop."""
+
+    request_id: str
+    adapter: str | None
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    text: StreamText
+    emit: Emit
+    generator: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+
+    def advance(self, token_id: int, eos_ids: frozenset[int]) -> GenerationChunk | None:
+        """Record one sampled token; returns the chunk to send, if it completes any text."""
+        self.token_ids.append(token_id)
+        if token_id in eos_ids:
+            self.finish_reason = "stop"
+        else:
+            self.text.push(token_id)
+            if self.text.stopped:
+                self.finish_reason = "stop"
+            elif len(self.token_ids) >= self.sampling.max_tokens:
+                self.finish_reason = "length"
+        delta = self.text.take(final=self.finish_reason is not None)
+        if self.finish_reason is not None:
+            return GenerationChunk(
+                text=delta,
+                finish_reason=self.finish_reason,
+                prompt_tokens=len(self.prompt_ids),
+                completion_tokens=len(self.token_ids),
+            )
+        return GenerationChunk(text=delta) if delta else None
+
+
+class Group:
+    """Rows decoded together in one forward pass.
+
+    ``dora_adapter`` is set for a group of rows that all use one DoRA adapter: PEFT refuses
+    DoRA in mixed-adapter batches, so such a group runs with that adapter made active instead.
+    """
+
+    def __init__(
+        self, rows: list[Row], *, dora_adapter: str | None, pad_id: int, router: AdapterRouter
+    ) -> None:
+        self.rows = rows
+        self.dora_adapter = dora_adapter
+        self._router = router
+        self._pad_id = pad_id
+        self._cache: DynamicCache | None = None
+        self._attention_mask = torch.empty(0)
+        self._next_position = torch.empty(0)
+
+    def prefill(self, model: Any, device: torch.device) -> torch.Tensor:
+        """Run the prompts; returns the next-token logits, one row per generation."""
+        width = max(len(row.prompt_ids) for row in self.rows)
+        input_ids = torch.full((len(self.rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(self.rows), width), dtype=torch.long)
+        for i, row in enumerate(self.rows):
+            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            mask[i, width - len(row.prompt_ids) :] = 1
+        self._attention_mask = mask.to(device)
+        positions = (self._attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self._next_position = positions[:, -1:] + 1
+        self._cache = DynamicCache(config=model.config)
+        return self._forward(model, input_ids.to(device), positions)
+
+    def decode(self, model: Any, device: torch.device) -> torch.Tensor:
+        """Feed each row's last sampled token; returns the next-token logits."""
+        last = torch.tensor([[row.token_ids[-1]] for row in self.rows], device=device)
+        ones = torch.ones((len(self.rows), 1), dtype=torch.long, device=device)
+        self._attention_mask = torch.cat([self._attention_mask, ones], dim=-1)
+        positions = self._next_position
+        self._next_position = positions + 1
+        return self._forward(model, last, positions)
+
+    def keep(self, keep: list[int]) -> None:
+        """Drop every row whose index is not in ``keep`` (finished or cancelled)."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep or self._cache is None:
+            return
+        index = torch.tensor(keep, device=self._attention_mask.device)
+        self._cache.batch_select_indices(index)
+        self._attention_mask = self._attention_mask[index]
+        self._next_position = self._next_position[index]
+
+    def _forward(
+        self, model: Any, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        with self._adapters(model):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=self._attention_mask,
+                position_ids=positions,
+                past_key_values=self._cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        logits: torch.Tensor = out.logits[:, -1, :].float()
+        return logits
+
+    def _adapters(self, model: Any) -> AbstractContextManager[None]:
+        """Make each row use its adapter for the next forward pass."""
+        if not isinstance(model, PeftModel):
+            return nullcontext()  # no adapter loaded yet: every row is a base row
+        if self.dora_adapter is None:
+            return self._router.route([row.adapter or BASE_ADAPTER for row in self.rows])
+        if model.active_adapter != self.dora_adapter:
+            model.set_adapter(self.dora_adapter, inference_mode=True)
+        return nullcontext()
+
+
+def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    """Pick each row's next token: argmax when greedy, else temperature + top-p."""
+    picked: list[int] = logits.argmax(dim=-1).tolist()
+    for i, row in enumerate(rows):
+        if not row.sampling.greedy:
+            picked[i] = _sample_one(logits[i], row.sampling, row.generator)
+    return picked
+
+
+def _sample_one(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+) -> int:
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    sorted_probs, order = probs.sort(descending=True)
+    if sampling.top_p < 1.0:
+        # Keep the smallest prefix whose mass reaches top_p; the top token always survives.
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        outside[0] = False
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(sorted_probs, 1, generator=generator)
+    return int(order[choice].item())

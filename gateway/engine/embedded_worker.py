@@ -1,0 +1,293 @@
+"""The engine thread: it alone touches the model, runs adapter loads and decodes waves.
+
+Everything that changes the model (loading, deleting, activating adapters) and every forward
+pass happens on this one thread, so none of them needs a lock.  Work arrives two ways: rows
+to generate, and jobs (adapter loads and deletes), which run between decode steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from peft import LoraConfig, PeftModel
+
+from gateway.engine.embedded_batch import Group, Row, sample
+from gateway.engine.embedded_lora import AdapterRouter
+from gateway.errors import AdapterLoadRefused, EngineError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """How one generation ended, kept for metrics and tests."""
+
+    request_id: str
+    adapter: str | None
+    wave: int
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
+    token_ids: tuple[int, ...]
+
+
+class EngineWorker:
+    """Owns the model on a dedicated thread; see the module docstring."""
+
+    def __init__(self, model_path: str, *, device: str, dtype: torch.dtype, max_batch_size: int):
+        self._model_path = model_path
+        self.device = torch.device(device)
+        self._dtype = dtype
+        self._max_batch_size = max_batch_size
+        self._cond = threading.Condition()
+        self._rows: deque[Row] = deque()
+        self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
+        self.started: Future[None] = Future()
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.eos_ids: frozenset[int] = frozenset()
+        self.pad_id = 0
+        self._dora: set[str] = set()
+        self._router = AdapterRouter()
+        # Counters, written by the engine thread only.
+        self.waves = 0
+        self.forward_passes = 0
+        self.recent: deque[RowStats] = deque(maxlen=256)
+
+    # --- called from the event loop ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def submit(self, rows: list[Row]) -> None:
+        with self._cond:
+            if not self._stopping:
+                self._rows.extend(rows)
+                self._cond.notify()
+                return
+        for row in rows:
+            row.emit(EngineError("the engine is stopping"))
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the engine thread between decode steps."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._stopping:
+                future.set_exception(EngineError("the engine is stopping"))
+                return future
+            self._jobs.append((fn, future))
+            self._cond.notify()
+        return future
+
+    # --- jobs: run on the engine thread ----------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        except Exception as exc:
+            self._forget_partial_load(name)
+            raise AdapterLoadRefused(f"could not load adapter {name!r}: {exc}") from exc
+        self.model.eval()
+        self._router.attach(self.model)
+        config = self.model.peft_config[name]
+        if isinstance(config, LoraConfig) and config.use_dora:
+            self._dora.add(name)
+
+    def delete_adapter(self, name: str) -> None:
+        if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+            self.model.delete_adapter(name)
+            self._router.attach(self.model)
+        self._dora.discard(name)
+
+    def _forget_partial_load(self, name: str) -> None:
+        if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+            self.model.delete_adapter(name)
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load_model()
+        except BaseException as exc:
+            self.started.set_exception(exc)
+            return
+        self.started.set_result(None)
+        while (rows := self._next_wave()) is not None:
+            try:
+                self._run_wave(rows)
+            except Exception as exc:  # a bug here must not kill the thread and hang clients
+                log.exception("wave failed")
+                for row in rows:
+                    if row.finish_reason is None:
+                        self._fail(row, EngineError(f"generation failed: {exc}"))
+        self._fail_everything()
+
+    def _load_model(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # Leave a core to the event loop: when every core runs a spinning OpenMP thread,
+            # each wake-up of the loop stalls the whole forward pass (decode got 10x slower).
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
+        self.tokenizer = AutoTokenizer.from_pretrained(self._model_path)
+        model: Any = AutoModelForCausalLM.from_pretrained(self._model_path, dtype=self._dtype)
+        self.model = model.to(self.device).eval()
+        eos = model.generation_config.eos_token_id
+        eos_list = eos if isinstance(eos, list) else [eos]
+        eos_list.append(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(i for i in eos_list if i is not None)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+
+    def _next_wave(self) -> list[Row] | None:
+        """Block until there are rows to run (running jobs meanwhile); None once stopping."""
+        while True:
+            self._run_jobs()
+            with self._cond:
+                if self._stopping:
+                    return None
+                if self._jobs:
+                    continue
+                rows = self._take_rows()
+                if rows:
+                    return rows
+                self._cond.wait()
+
+    def _take_rows(self) -> list[Row]:
+        rows: list[Row] = []
+        while self._rows and len(rows) < self._max_batch_size:
+            row = self._rows.popleft()
+            if row.cancelled:
+                self._record(row, "cancelled")
+            else:
+                rows.append(row)
+        return rows
+
+    def _run_jobs(self) -> None:
+        while True:
+            with self._cond:
+                if not self._jobs:
+                    return
+                fn, future = self._jobs.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _run_wave(self, rows: list[Row]) -> None:
+        self.waves += 1
+        groups = self._group(rows)
+        with torch.inference_mode():
+            for group in groups:
+                self._step(group, group.prefill)
+        while groups := [g for g in groups if g.rows]:
+            self._run_jobs()
+            if self._stopping:
+                for row in (row for group in groups for row in group.rows):
+                    self._fail(row, EngineError("the engine stopped"))
+                return
+            with torch.inference_mode():
+                for group in groups:
+                    self._drop_cancelled(group)
+                    if group.rows:
+                        self._step(group, group.decode)
+
+    def _group(self, rows: list[Row]) -> list[Group]:
+        by_dora: dict[str, list[Row]] = {}
+        mixed: list[Row] = []
+        for row in rows:
+            if row.adapter in self._dora:
+                by_dora.setdefault(row.adapter, []).append(row)
+            else:
+                mixed.append(row)
+        groups = (
+            [Group(mixed, dora_adapter=None, pad_id=self.pad_id, router=self._router)]
+            if mixed
+            else []
+        )
+        for name, dora_rows in by_dora.items():
+            groups.append(
+                Group(dora_rows, dora_adapter=name, pad_id=self.pad_id, router=self._router)
+            )
+        return groups
+
+    def _step(self, group: Group, forward: Callable[[Any, torch.device], torch.Tensor]) -> None:
+        """One forward pass for ``group``, then sample, stream, and drop finished rows."""
+        try:
+            logits = forward(self.model, self.device)
+        except Exception as exc:
+            log.exception("forward pass failed")
+            for row in group.rows:
+                self._fail(row, EngineError(f"generation failed: {exc}"))
+            group.keep([])
+            return
+        finally:
+            self.forward_passes += 1
+        for row, token_id in zip(group.rows, sample(logits, group.rows), strict=True):
+            chunk = row.advance(token_id, self.eos_ids)
+            if row.finish_reason is not None:
+                self._record(row, row.finish_reason)  # before the client can see the end
+            if chunk is not None:
+                row.emit(chunk)
+        group.keep([i for i, row in enumerate(group.rows) if row.finish_reason is None])
+
+    def _drop_cancelled(self, group: Group) -> None:
+        for row in group.rows:
+            if row.cancelled:
+                self._record(row, "cancelled")
+        group.keep([i for i, row in enumerate(group.rows) if not row.cancelled])
+
+    def _record(self, row: Row, finish_reason: str) -> None:
+        stats = RowStats(
+            request_id=row.request_id,
+            adapter=row.adapter,
+            wave=self.waves,
+            prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.token_ids),
+            finish_reason=finish_reason,
+            token_ids=tuple(row.token_ids),
+        )
+        self.recent.append(stats)
+
+    def _fail(self, row: Row, exc: EngineError) -> None:
+        row.finish_reason = "error"
+        self._record(row, "error")
+        row.emit(exc)
+
+    def _fail_everything(self) -> None:
+        """On stop: every row and job still waiting gets an error instead of a hang."""
+        with self._cond:
+            rows, jobs = list(self._rows), list(self._jobs)
+            self._rows.clear()
+            self._jobs.clear()
+        for row in rows:
+            self._fail(row, EngineError("the engine stopped"))
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineError("the engine stopped"))

@@ -1,0 +1,399 @@
+"""The vLLM engine: route each request to one of several vLLM servers, loading adapters there.
+
+vLLM replicas (FLYWHEEL_VLLM_URLS) serve the OpenAI API; adapters are loaded at run time
+through ``/v1/load_lora_adapter`` (the servers run with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+This module decides where each request runs (replicas.place), keeps each replica within its
+adapter budget (residency.Residency), loads and evicts through the HTTP API
+(vllm_client.VLLMClient), and turns the upstream SSE stream into GenerationChunks.  The
+gateway formats the client's response itself, so ids, errors and headers match the embedded
+engine.  Policies and failure handling are written down in docs/vllm.md.
+
+Failure handling: a replica that refuses a connection, drops one, or fails a health check
+leaves the rotation; the request goes to another replica when no token has reached the
+client yet, otherwise it ends with an in-stream error.  The health loop puts replicas back,
+rebuilding their residency from ``/v1/models``.  With no replica left, EngineUnavailable (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from gateway.config import Settings
+from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, Verifier
+from gateway.engine.replicas import Replica, missing_routes_message, place
+from gateway.engine.residency import Residency
+from gateway.engine.vllm_client import (
+    Kind,
+    ReplicaDown,
+    UpstreamError,
+    VLLMClient,
+    relay,
+    upstream_body,
+)
+from gateway.errors import (
+    AdapterLoadRefused,
+    EngineError,
+    EngineUnavailable,
+    FlywheelError,
+    InvalidRequest,
+)
+
+log = logging.getLogger("flywheel.engine.vllm")
+
+
+class _PlaceAgain(Exception):
+    """The slot reserved for an adapter vanished before its load; decide again."""
+
+
+class VLLMEngine:
+    """Implements gateway.engine.base.Engine on top of vLLM OpenAI-compatible servers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        verifier: Verifier | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        hot_threshold: int = 32,
+        placement_wait_s: float = 30.0,
+    ) -> None:
+        urls = settings.vllm_url_list
+        if not urls:
+            raise EngineError("FLYWHEEL_ENGINE=vllm needs FLYWHEEL_VLLM_URLS (comma separated)")
+        self._configured_name = settings.base_model_name
+        self.base_model_name = settings.base_model_name or settings.base_model or "base"
+        key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
+        control_timeout = max(1.0, min(5.0, settings.vllm_health_interval_s))
+        self._replicas = [
+            Replica(
+                url,
+                VLLMClient(
+                    url,
+                    api_key=key,
+                    timeout_s=settings.vllm_request_timeout_s,
+                    control_timeout_s=control_timeout,
+                    transport=transport,
+                ),
+                Residency(settings.vllm_max_adapters_per_replica),
+            )
+            for url in urls
+        ]
+        self._verifier = verifier
+        self._interval = settings.vllm_health_interval_s
+        self._hot_threshold = hot_threshold
+        self._placement_wait_s = placement_wait_s
+        self._changed = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = False
+        # Metrics.
+        self.loads = 0
+        self.evictions = 0
+        self.unloads = 0
+        self.decision_seconds: deque[float] = deque(maxlen=100_000)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Probe every replica, rebuild residency from their /v1/models, start health checks."""
+        if self._started:
+            return
+        await asyncio.gather(*(self._check(r) for r in self._replicas))
+        if not any(r.usable for r in self._replicas):
+            missing = [r.url for r in self._replicas if r.healthy and r.lora_api is False]
+            if missing:
+                raise EngineError(missing_routes_message(", ".join(missing)))
+            log.warning(
+                "no vLLM replica is reachable yet (%s); requests get 503 until one is",
+                ", ".join(r.url for r in self._replicas),
+            )
+        self._started = True
+        self._health_task = asyncio.create_task(self._health_loop(), name="vllm-health")
+
+    async def stop(self) -> None:
+        self._started = False
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for replica in self._replicas:
+            replica.healthy = False
+            await replica.client.aclose()
+
+    def ready(self) -> bool:
+        return self._started and any(r.usable for r in self._replicas)
+
+    def loaded_adapters(self) -> list[str]:
+        names = {n for r in self._replicas if r.usable for n in r.residency.loaded()}
+        return sorted(names)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and benchmarks."""
+        return {
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "unloads": self.unloads,
+            "replicas": [
+                {
+                    "url": r.url,
+                    "usable": r.usable,
+                    "in_flight": r.in_flight,
+                    "adapters": r.residency.names(),
+                }
+                for r in self._replicas
+            ],
+        }
+
+    # --- health --------------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await asyncio.gather(*(self._check(r) for r in self._replicas))
+
+    async def _check(self, replica: Replica) -> None:
+        came_back = await replica.check()
+        base = replica.base_name
+        if replica.usable and not self._configured_name and base and self.base_model_name != base:
+            self.base_model_name = base
+        if came_back:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Tell placement waiters that something changed (an adapter went idle, a replica up)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- adapters ------------------------------------------------------------------------------
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Make ``adapter`` resident on a replica (verified first); idempotent."""
+        replica = await self._acquire(adapter, set())
+        self._release(replica, adapter.engine_name)
+
+    async def unload_adapter(self, engine_name: str) -> None:
+        """Unload from every replica, each once its requests for it have finished."""
+        for replica in self._replicas:
+            res = replica.residency
+            if engine_name not in res:
+                continue
+            async with res.lock(engine_name):
+                res.drop(engine_name)  # no new request is placed on it from here on
+                while res.in_flight(engine_name):
+                    await self._changed.wait()
+                if not replica.healthy:
+                    continue
+                try:
+                    await replica.client.unload_lora(engine_name)
+                    self.unloads += 1
+                except ReplicaDown as exc:
+                    replica.mark_down(str(exc))
+                except UpstreamError as exc:
+                    log.warning("unloading %s from %s failed: %s", engine_name, replica.url, exc)
+
+    async def _acquire(self, adapter: AdapterRef | None, exclude: set[str]) -> Replica:
+        """A replica for the request, counted in flight, with ``adapter`` loaded there."""
+        if adapter is not None and adapter.use_dora:
+            raise AdapterLoadRefused(
+                f"adapter version {adapter.version_id} uses DoRA, which vLLM cannot serve "
+                "('vLLM does not yet support DoRA'); retrain it with use_dora=False or serve it "
+                "on the embedded engine"
+            )
+        name = adapter.engine_name if adapter is not None else None
+        while True:
+            replica = await self._place(adapter, exclude)
+            if adapter is None:
+                return replica
+            try:
+                await self._ensure_loaded(replica, adapter)
+                return replica
+            except ReplicaDown as exc:
+                self._release(replica, name)
+                replica.mark_down(str(exc))
+                exclude.add(replica.url)
+            except _PlaceAgain:
+                self._release(replica, name)
+            except BaseException:
+                self._release(replica, name)
+                raise
+
+    async def _place(self, adapter: AdapterRef | None, exclude: set[str]) -> Replica:
+        """Pick a replica (reserving a slot when the adapter must be loaded) or wait for one."""
+        name = adapter.engine_name if adapter is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._placement_wait_s
+        while True:
+            started = time.perf_counter()
+            placement = place(
+                self._replicas, name, hot_threshold=self._hot_threshold, exclude=exclude
+            )
+            if placement is not None:
+                replica = placement.replica
+                if placement.load and adapter is not None and name is not None:
+                    replica.residency.reserve(name, str(adapter.path))
+                replica.begin(name)
+                self.decision_seconds.append(time.perf_counter() - started)
+                return replica
+            if not any(r.usable and r.url not in exclude for r in self._replicas):
+                raise EngineUnavailable(
+                    f"No vLLM replica is available ({len(self._replicas)} configured, none in "
+                    "rotation).",
+                    retry_after=max(1.0, self._interval),
+                )
+            # Every replica is at its budget with every adapter busy: wait for one to go idle.
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise EngineUnavailable(
+                    "Every vLLM replica is at its adapter budget with all adapters in use.",
+                    retry_after=1.0,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _release(self, replica: Replica, name: str | None) -> None:
+        if replica.end(name):
+            self._wake()
+
+    async def _ensure_loaded(self, replica: Replica, adapter: AdapterRef) -> None:
+        name, path = adapter.engine_name, str(adapter.path)
+        res = replica.residency
+        entry = res.get(name)
+        if entry is not None and entry.loaded and entry.verified and entry.path == path:
+            return
+        # One load per (replica, name): concurrent first requests queue here and find it loaded.
+        async with res.lock(name):
+            entry = res.get(name)
+            if entry is None:  # evicted or found missing since placement
+                if not res.has_room():
+                    raise _PlaceAgain
+                entry = res.reserve(name, path)
+            if entry.loaded and entry.path == path:
+                if not entry.verified:  # adopted from /v1/models: check it like a load
+                    await self._verify(adapter)
+                    res.confirm(name, verified=True)
+                return
+            try:
+                if entry.loaded:
+                    # The replica has this name from another path; names are immutable per
+                    # version, so this is not our artifact: replace it.
+                    log.warning("%s on %s came from %s; reloading", name, replica.url, entry.path)
+                    res.drop(name)
+                    entry = res.reserve(name, path)
+                    await replica.client.unload_lora(name)
+                for victim in entry.evict_first:
+                    await self._evict(replica, victim)
+                await self._verify(adapter)
+                await self._load(replica, adapter)
+            except BaseException:
+                res.drop(name)
+                raise
+            res.confirm(name, verified=True)
+
+    async def _verify(self, adapter: AdapterRef) -> None:
+        if self._verifier is not None:
+            await asyncio.to_thread(self._verifier, adapter)
+
+    async def _evict(self, replica: Replica, victim: str) -> None:
+        res = replica.residency
+        async with res.lock(victim):
+            if victim in res:
+                return  # wanted again and reloaded meanwhile
+            try:
+                await replica.client.unload_lora(victim)
+                self.evictions += 1
+            except UpstreamError as exc:
+                log.warning("evicting %s from %s failed: %s", victim, replica.url, exc)
+
+    async def _load(self, replica: Replica, adapter: AdapterRef) -> None:
+        name, path = adapter.engine_name, str(adapter.path)
+        try:
+            await replica.client.load_lora(name, path)
+        except UpstreamError as exc:
+            if exc.route_missing:
+                log.error(missing_routes_message(replica.url))
+                replica.lora_api = False
+                raise ReplicaDown(missing_routes_message(replica.url)) from exc
+            if exc.status == 400 and (await replica.client.models()).adapters.get(name) == path:
+                return  # "has already been loaded": /v1/models confirms it is ours
+            raise self._load_error(replica, adapter, exc) from exc
+        self.loads += 1
+
+    @staticmethod
+    def _load_error(replica: Replica, adapter: AdapterRef, exc: UpstreamError) -> FlywheelError:
+        where = f"vLLM at {replica.url}"
+        if exc.status == 404:
+            return AdapterLoadRefused(
+                f"{where} found no adapter at {adapter.path} ({exc.message}); the artifact "
+                "directory must be readable by vLLM at the same path"
+            )
+        if exc.status in (400, 422, 500):
+            # 400 in most vLLM versions, 500 in the newest, for rank / module / DoRA refusals.
+            return AdapterLoadRefused(
+                f"{where} refused adapter version {adapter.version_id}: {exc.message}"
+            )
+        if exc.status in (401, 403):
+            return EngineError(f"{where} rejected the API key (FLYWHEEL_VLLM_API_KEY)")
+        return EngineError(f"{where} could not load adapter {adapter.version_id}: {exc}")
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """Stream deltas.  Closing the iterator (client gone) closes the upstream stream."""
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        adapter = request.adapter
+        name = adapter.engine_name if adapter is not None else None
+        kind: Kind = "chat" if request.messages is not None else "text"
+        body = upstream_body(request)
+        exclude: set[str] = set()
+        lost = 0
+        while True:
+            replica = await self._acquire(adapter, exclude)
+            sent = False
+            try:
+                body["model"] = name if name is not None else replica.base_name
+                chunks = relay(replica.client.stream(kind, body), kind)
+                async with contextlib.aclosing(chunks):
+                    async for chunk in chunks:
+                        sent = True
+                        yield chunk
+                return
+            except ReplicaDown as exc:
+                replica.mark_down(str(exc))
+                if sent:
+                    raise EngineError(
+                        "The engine replica failed while streaming this answer."
+                    ) from exc
+                exclude.add(replica.url)  # nothing reached the client: try another replica
+            except UpstreamError as exc:
+                if exc.status == 404 and name is not None and not exc.route_missing and lost < 2:
+                    # The replica lost the adapter (restarted between two health checks).
+                    lost += 1
+                    replica.residency.drop(name)
+                    continue
+                raise generation_error(replica, exc) from exc
+            finally:
+                self._release(replica, name)
+
+
+def generation_error(replica: Replica, exc: UpstreamError) -> FlywheelError:
+    """Upstream errors before the first token, as the gateway's own errors."""
+    if exc.status == 400:
+        # The request itself: prompt longer than the context, bad sampling values.
+        return InvalidRequest(exc.message, param=exc.param)
+    if exc.status in (401, 403):
+        return EngineError(f"vLLM at {replica.url} rejected the API key (FLYWHEEL_VLLM_API_KEY)")
+    return EngineError(f"vLLM at {replica.url} failed the request: {exc}")

@@ -1,0 +1,258 @@
+"""HTTP client for one vLLM OpenAI-compatible server (or a ``flywheel engine local`` process).
+
+The quirks it absorbs, checked against vLLM's ``entrypoints/openai`` source:
+
+* ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` answer success with HTTP 200 and a
+  plain-text body ("Success: LoRA adapter 'x' added successfully."), not JSON.
+* Errors are JSON.  vLLM >= 0.10 wraps them as ``{"error": {"message", "type", "param",
+  "code"}}``; older releases put the same fields at the top level (``{"object": "error",
+  "message", ..., "code"}``).  ``code`` is the integer HTTP status in both.
+* Without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` the adapter routes are never registered, so they
+  answer FastAPI's own ``404 {"detail": "Not Found"}``, which is how :meth:`runtime_lora_enabled`
+  tells "route missing" from "adapter missing" (a 404 in the error envelope).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from gateway.engine.base import GenerationChunk, GenerationRequest
+from gateway.errors import EngineError
+
+Kind = Literal["chat", "text"]
+
+# Statuses that say "this replica cannot take the request now", not "this request is wrong".
+_REPLICA_STATUSES = frozenset({502, 503, 504})
+# A name no adapter ever has; unloading it probes whether the runtime adapter routes exist.
+_PROBE_NAME = "flywheel-runtime-lora-probe"
+
+
+class ReplicaDown(Exception):
+    """The replica could not be reached or dropped the connection: try another one."""
+
+
+@dataclass
+class UpstreamError(Exception):
+    """An HTTP error answer from the replica, with vLLM's message."""
+
+    status: int
+    message: str
+    type: str | None = None
+    param: str | None = None
+    route_missing: bool = False
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """``/v1/models`` split into the base model and the LoRA cards (``parent`` set)."""
+
+    base: str | None
+    adapters: dict[str, str] = field(default_factory=dict)  # engine-side name -> root (path)
+
+
+def parse_error(response: httpx.Response) -> UpstreamError:
+    """Read vLLM's error body, whichever envelope its version uses."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        if isinstance(body.get("detail"), str) and "error" not in body:
+            # FastAPI's own 404/405: the route itself does not exist.
+            return UpstreamError(response.status_code, body["detail"], route_missing=True)
+        err = body["error"] if isinstance(body.get("error"), dict) else body
+        message = err.get("message")
+        if isinstance(message, str):
+            param = err.get("param")
+            kind = err.get("type")
+            return UpstreamError(
+                response.status_code,
+                message,
+                type=kind if isinstance(kind, str) else None,
+                param=param if isinstance(param, str) else None,
+            )
+    text = response.text.strip() or response.reason_phrase
+    return UpstreamError(response.status_code, text[:500])
+
+
+class VLLMClient:
+    """One replica's HTTP API.  Transport failures surface as :class:`ReplicaDown`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        control_timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # The read timeout bounds the gap between two streamed chunks, so a replica that hangs
+        # (rather than dies, which resets the connection at once) still ends the request.
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(control_timeout_s, 2.0)),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            transport=transport,
+        )
+        self._control_timeout = httpx.Timeout(control_timeout_s)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self, method: str, path: str, *, body: Any = None, control: bool = True
+    ) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                json=body,
+                timeout=self._control_timeout if control else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise ReplicaDown(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in _REPLICA_STATUSES:
+            raise ReplicaDown(f"{self.url}: {parse_error(response)}")
+        return response
+
+    async def models(self) -> ModelList:
+        response = await self._request("GET", "/v1/models")
+        if response.status_code != 200:
+            raise parse_error(response)
+        base: str | None = None
+        adapters: dict[str, str] = {}
+        for card in response.json().get("data", []):
+            if card.get("parent"):
+                adapters[card["id"]] = str(card.get("root") or "")
+            elif base is None:
+                base = card["id"]
+        return ModelList(base, adapters)
+
+    async def runtime_lora_enabled(self) -> bool:
+        """Whether the server was started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
+
+        Unloading a name nobody has is side-effect free: with the routes it is a 404 (or 400 on
+        some versions) in vLLM's error envelope; without them, FastAPI's bare 404.
+        """
+        response = await self._request(
+            "POST", "/v1/unload_lora_adapter", body={"lora_name": _PROBE_NAME}
+        )
+        if response.status_code in (401, 403):
+            raise parse_error(response)
+        return not (response.status_code in (404, 405) and parse_error(response).route_missing)
+
+    async def load_lora(self, name: str, path: str) -> None:
+        """Load an adapter; success is a 200 with a plain-text body, anything else raises."""
+        response = await self._request(
+            "POST",
+            "/v1/load_lora_adapter",
+            body={"lora_name": name, "lora_path": path},
+            control=False,  # loading reads the weights from disk: the long timeout applies
+        )
+        if response.status_code != 200:
+            raise parse_error(response)
+
+    async def unload_lora(self, name: str) -> bool:
+        """Unload an adapter; False when the replica did not have it (404)."""
+        response = await self._request(
+            "POST", "/v1/unload_lora_adapter", body={"lora_name": name}, control=False
+        )
+        if response.status_code == 200:
+            return True
+        error = parse_error(response)
+        if response.status_code == 404 and not error.route_missing:
+            return False
+        raise error
+
+    async def stream(
+        self, kind: Kind, payload: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """POST a streaming completion and yield each SSE event's JSON until ``[DONE]``."""
+        path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        try:
+            async with self._http.stream("POST", path, json=payload) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    if response.status_code in _REPLICA_STATUSES:
+                        raise ReplicaDown(f"{self.url}: {parse_error(response)}")
+                    raise parse_error(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, ": keep-alive" comments
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield json.loads(data)
+        except httpx.TransportError as exc:
+            raise ReplicaDown(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        # A stream that ends without [DONE] was cut off (the server went away mid-answer).
+        raise ReplicaDown(f"{self.url}: the stream ended before [DONE]")
+
+
+def upstream_body(request: GenerationRequest) -> dict[str, Any]:
+    """The OpenAI request vLLM gets, always streamed with usage on the last event."""
+    s = request.sampling
+    body: dict[str, Any] = {
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if request.messages is not None:
+        body["messages"] = request.messages
+    else:
+        body["prompt"] = request.prompt
+    return body
+
+
+async def relay(
+    events: AsyncGenerator[dict[str, Any], None], kind: Kind
+) -> AsyncGenerator[GenerationChunk, None]:
+    """Upstream SSE events -> GenerationChunks; usage (sent after the finish) joins the last."""
+    finish: str | None = None
+    tail = ""
+    usage: dict[str, Any] | None = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            error = event.get("error")
+            if isinstance(error, dict):
+                raise EngineError(f"vLLM: {error.get('message', error)}")
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or ():
+                if kind == "chat":
+                    text = (choice.get("delta") or {}).get("content") or ""
+                else:
+                    text = choice.get("text") or ""
+                reason = choice.get("finish_reason")
+                if reason is not None:
+                    finish, tail = reason, tail + text
+                elif text:
+                    yield GenerationChunk(text)
+    if finish is None:
+        raise ReplicaDown("the upstream stream ended without a finish_reason")
+    usage = usage or {}
+    yield GenerationChunk(
+        tail,
+        finish_reason=finish,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+    )

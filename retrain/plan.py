@@ -1,0 +1,373 @@
+"""Decide how a retraining round runs: the method, the KTO class weights, the held-out split.
+
+Pure functions on counts and rows (no torch), so ``flywheel retrain --dry-run`` can print the
+plan, and refuse a hopeless round, without loading a model.
+
+Rows use TRL's dataset formats, either all plain text or all conversational:
+
+* KTO (unpaired): ``prompt``, ``completion``, ``label`` (True = desirable, a thumbs-up).
+* DPO (paired): ``prompt``, ``chosen``, ``rejected`` (an edit: the user's text is chosen, the
+  model's original answer rejected).
+
+A conversational prompt is a list of ``{"role", "content"}`` messages and each completion a list
+holding one assistant message; TRL then renders them with the tokenizer's chat template.
+
+Method rule (``choose_method``), with ``requested="auto"``:
+
+* only edit pairs -> DPO; only thumbs -> KTO;
+* both -> DPO when there are at least ``min_pairs`` pairs and the pairs are at least half of the
+  signal (``n_pairs >= n_up + n_down``); the thumbs are then left out, since DPO cannot use
+  unpaired labels. Otherwise KTO, with each edit split into a desirable row (the edit) and an
+  undesirable row (the original), so no feedback is thrown away.
+
+An explicit ``"dpo"`` or ``"kto"`` is honoured, except DPO with no pairs, which is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias, TypeVar
+
+from gateway.errors import InvalidRequest
+
+Method: TypeAlias = Literal["kto", "dpo"]
+Message: TypeAlias = dict[str, str]
+# A plain string, or TRL's conversational format: a list of {"role", "content"} messages.
+Text: TypeAlias = str | list[Message]
+
+# Below these a round learns noise: a handful of rows moves a LoRA mostly by chance.
+DEFAULT_MIN_PAIRS = 10
+DEFAULT_MIN_KTO_ROWS = 20
+# The KTO paper still matches DPO with 90% fewer desirable examples (about 1:10) once weighted;
+# beyond that the minority class's weight is so large that a few rows dominate every update.
+DEFAULT_MAX_IMBALANCE = 10.0
+# (desirable_weight * n_desirable) / (undesirable_weight * n_undesirable) must lie in
+# [1, 4/3] (KTO paper, Eq. 8; TRL warns outside it). We aim at the middle so float rounding,
+# or TRL's two-decimal check, never lands outside.
+KTO_WEIGHT_RATIO_RANGE = (1.0, 4.0 / 3.0)
+_KTO_TARGET_RATIO = 7.0 / 6.0
+
+
+def _check_text(value: Text, what: str, *, completion: bool) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(f"{what} must be a string or a non-empty list of chat messages")
+    for message in value:
+        if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
+            raise InvalidRequest(f"{what}: every chat message needs 'role' and 'content'")
+    if completion and (len(value) != 1 or value[0]["role"] != "assistant"):
+        raise InvalidRequest(f"{what} must be a list holding exactly one assistant message")
+
+
+def _check_same_format(prompt: Text, answers: Sequence[Text]) -> None:
+    conversational = isinstance(prompt, list)
+    if any(isinstance(answer, list) != conversational for answer in answers):
+        raise InvalidRequest("prompt and completions must be all plain text or all chat messages")
+
+
+@dataclass(frozen=True)
+class KTORow:
+    """One unpaired example: a completion labelled desirable (True) or undesirable (False)."""
+
+    prompt: Text
+    completion: Text
+    label: bool
+
+    def __post_init__(self) -> None:
+        _check_text(self.prompt, "prompt", completion=False)
+        _check_text(self.completion, "completion", completion=True)
+        _check_same_format(self.prompt, [self.completion])
+
+    def to_trl(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
+
+
+@dataclass(frozen=True)
+class DPORow:
+    """One preference pair: ``chosen`` is preferred over ``rejected`` for ``prompt``."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+
+    def __post_init__(self) -> None:
+        _check_text(self.prompt, "prompt", completion=False)
+        _check_text(self.chosen, "chosen", completion=True)
+        _check_text(self.rejected, "rejected", completion=True)
+        _check_same_format(self.prompt, [self.chosen, self.rejected])
+
+    def to_trl(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+    def to_kto(self) -> list[KTORow]:
+        """An edit as KTO rows: the edit is desirable, the original answer undesirable."""
+        return [
+            KTORow(self.prompt, self.chosen, True),
+            KTORow(self.prompt, self.rejected, False),
+        ]
+
+
+def row_kind(row: KTORow | DPORow) -> str:
+    """The stratum of a row for ``split_heldout``: desirable, undesirable or pair."""
+    if isinstance(row, DPORow):
+        return "pair"
+    return "desirable" if row.label else "undesirable"
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What a round trains with; the comment above ``DPO_DEFAULTS`` gives the defaults' reasons.
+
+    ``lora_*`` and ``use_dora`` shape a NEW adapter only; continuing a parent keeps its config.
+    """
+
+    learning_rate: float
+    num_epochs: int
+    beta: float
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    use_dora: bool = False
+    # KTO only; make_plan sets them from the class counts.
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+# Defaults for LoRA on feedback-sized data (tens to a few thousand rows), the same for both methods:
+# * learning rate 1e-5: LoRA's best rate is about 10x full fine-tuning's ("LoRA Without Regret",
+#   Schulman et al. 2025), and 1e-6 is TRL's full-fine-tuning default for DPOConfig and KTOConfig.
+#   A real base needs no more; the 64-wide random demo base needs ~3e-3 to move within a few
+#   dozen steps, which is why the tests override it.
+# * 3 epochs: preference losses overfit small sets fast; more passes mostly inflate the margins on
+#   the training rows without helping held-out ones (the promotion gate measures held-out rows).
+# * beta 0.1: TRL's default and the value the DPO and KTO papers report as robust; a lower beta
+#   lets the adapter drift further from its reference (the parent).
+# * batch 8, warmup over the first 10% of steps. KTO needs more than one row per batch: its KL
+#   estimate pairs each prompt with another row's completion from the same batch.
+# * new adapters: LoRA r=16, alpha=32 (scale 2) on every linear layer of the blocks (PEFT's
+#   "all-linear" leaves lm_head out, and TRL refuses an adapter on lm_head); no dropout (TRL
+#   disables dropout anyway); DoRA off unless asked, since the serving engine must support it.
+DPO_DEFAULTS = Hyperparameters(learning_rate=1e-5, num_epochs=3, beta=0.1)
+KTO_DEFAULTS = Hyperparameters(learning_rate=1e-5, num_epochs=3, beta=0.1)
+
+
+def default_hyperparameters(method: Method) -> Hyperparameters:
+    """The documented defaults above for ``method``."""
+    return DPO_DEFAULTS if method == "dpo" else KTO_DEFAULTS
+
+
+def choose_method(
+    n_pairs: int,
+    n_up: int,
+    n_down: int,
+    requested: str = "auto",
+    *,
+    min_pairs: int = DEFAULT_MIN_PAIRS,
+) -> tuple[Method, str]:
+    """Pick DPO or KTO for this much feedback, and say why (see the module docstring)."""
+    if min(n_pairs, n_up, n_down) < 0:
+        raise ValueError("feedback counts cannot be negative")
+    n_thumbs = n_up + n_down
+    if requested == "dpo":
+        if n_pairs == 0:
+            raise InvalidRequest(
+                "DPO needs edit pairs (a corrected answer next to the original) and there are "
+                "none; use KTO for thumbs-only feedback",
+                param="method",
+            )
+        dropped = f"; {n_thumbs} thumbs are not used (DPO needs pairs)" if n_thumbs else ""
+        return "dpo", f"DPO requested: {n_pairs} edit pairs{dropped}"
+    if requested == "kto":
+        converted = (
+            f"; each of {n_pairs} edits becomes a desirable and an undesirable row"
+            if n_pairs
+            else ""
+        )
+        return "kto", f"KTO requested: {n_up} up / {n_down} down thumbs{converted}"
+    if requested != "auto":
+        raise InvalidRequest(
+            f"unknown method {requested!r}: expected auto, kto or dpo", param="method"
+        )
+    if n_pairs == 0 and n_thumbs == 0:
+        raise InvalidRequest("no feedback to train on")
+    if n_thumbs == 0:
+        return "dpo", f"only edit pairs ({n_pairs}): DPO learns from them directly"
+    if n_pairs == 0:
+        return "kto", f"only thumbs ({n_up} up / {n_down} down): KTO learns from unpaired labels"
+    if n_pairs >= min_pairs and n_pairs >= n_thumbs:
+        return "dpo", (
+            f"{n_pairs} edit pairs are at least {min_pairs} and at least half of the signal "
+            f"(vs {n_thumbs} thumbs): DPO on the pairs, thumbs left out"
+        )
+    if n_pairs < min_pairs:
+        why = f"only {n_pairs} edit pairs (DPO wants at least {min_pairs})"
+    else:
+        why = f"{n_pairs} edit pairs are less than half of the signal ({n_thumbs} thumbs)"
+    return "kto", f"{why}: KTO on everything, each edit as a desirable and an undesirable row"
+
+
+def kto_weights(
+    n_desirable: int,
+    n_undesirable: int,
+    *,
+    min_rows: int = DEFAULT_MIN_KTO_ROWS,
+    max_imbalance: float = DEFAULT_MAX_IMBALANCE,
+) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) that balance the KTO loss, or InvalidRequest.
+
+    ``(dw * n_desirable) / (uw * n_undesirable)`` must lie in the KTO paper's [1, 4/3]. When the
+    counts alone already do, both weights stay 1.0; otherwise only the minority class's weight
+    rises, to put the ratio at 7/6.
+    """
+    total = n_desirable + n_undesirable
+    if total < min_rows:
+        raise InvalidRequest(
+            f"too little feedback for KTO: {total} rows ({n_desirable} desirable, "
+            f"{n_undesirable} undesirable), at least {min_rows} needed"
+        )
+    if n_desirable == 0 or n_undesirable == 0:
+        missing = "undesirable (thumbs-down)" if n_undesirable == 0 else "desirable (thumbs-up)"
+        raise InvalidRequest(f"KTO needs both kinds of feedback and there are no {missing} rows")
+    imbalance = max(n_desirable, n_undesirable) / min(n_desirable, n_undesirable)
+    if imbalance > max_imbalance:
+        raise InvalidRequest(
+            f"feedback too imbalanced for KTO: {n_desirable} desirable vs {n_undesirable} "
+            f"undesirable ({imbalance:.1f}:1, at most {max_imbalance:g}:1 allowed); collect "
+            "more of the minority kind"
+        )
+    low, high = KTO_WEIGHT_RATIO_RANGE
+    if low <= n_desirable / n_undesirable <= high:
+        return 1.0, 1.0
+    if n_desirable < n_undesirable:
+        return _KTO_TARGET_RATIO * n_undesirable / n_desirable, 1.0
+    return 1.0, n_desirable / (_KTO_TARGET_RATIO * n_undesirable)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a round will do; ``describe()`` is what ``--dry-run`` prints."""
+
+    method: Method
+    reason: str
+    n_pairs: int
+    n_up: int
+    n_down: int
+    n_train_rows: int  # rows the trainer sees: pairs for DPO, labelled rows for KTO
+    hyperparameters: Hyperparameters
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> tuple[float, float] | None:
+        if self.method != "kto":
+            return None
+        return self.hyperparameters.desirable_weight, self.hyperparameters.undesirable_weight
+
+    def describe(self) -> str:
+        hp = self.hyperparameters
+        lines = [
+            f"method: {self.method.upper()} ({self.reason})",
+            f"feedback: {self.n_pairs} edit pairs, {self.n_up} thumbs up, {self.n_down} thumbs down",
+        ]
+        if self.method == "kto":
+            nd, nu = self.counts["desirable"], self.counts["undesirable"]
+            ratio = (hp.desirable_weight * nd) / (hp.undesirable_weight * nu)
+            lines.append(f"training rows: {nd} desirable, {nu} undesirable")
+            lines.append(
+                f"weights: desirable {hp.desirable_weight:.4g}, undesirable "
+                f"{hp.undesirable_weight:.4g} (weighted ratio {ratio:.3f}, target [1, 4/3])"
+            )
+        else:
+            lines.append(f"training rows: {self.n_train_rows} pairs")
+        lines.append(
+            f"hyperparameters: lr {hp.learning_rate:g}, {hp.num_epochs} epochs, beta {hp.beta:g}, "
+            f"batch {hp.batch_size} x {hp.gradient_accumulation_steps}, max_length {hp.max_length}"
+        )
+        lines.append(
+            f"new adapters: LoRA r={hp.lora_r} alpha={hp.lora_alpha} all-linear"
+            f"{' DoRA' if hp.use_dora else ''} (a parent adapter keeps its own config)"
+        )
+        return "\n".join(lines)
+
+
+def make_plan(
+    n_pairs: int,
+    n_up: int,
+    n_down: int,
+    requested: str = "auto",
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    min_pairs: int = DEFAULT_MIN_PAIRS,
+    min_kto_rows: int = DEFAULT_MIN_KTO_ROWS,
+    max_imbalance: float = DEFAULT_MAX_IMBALANCE,
+) -> Plan:
+    """Choose the method, check there is enough (and balanced enough) data, fix the hyperparameters.
+
+    ``overrides`` replaces default hyperparameters by name; KTO weights given there win over the
+    computed ones.
+    """
+    method, reason = choose_method(n_pairs, n_up, n_down, requested, min_pairs=min_pairs)
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Hyperparameters)}
+    if unknown:
+        raise InvalidRequest(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
+    hp = default_hyperparameters(method)
+    counts: dict[str, int]
+    if method == "dpo":
+        if n_pairs < min_pairs:
+            raise InvalidRequest(
+                f"too little feedback for DPO: {n_pairs} edit pairs, at least {min_pairs} needed"
+            )
+        counts = {"pairs": n_pairs}
+        n_rows = n_pairs
+    else:
+        n_desirable, n_undesirable = n_up + n_pairs, n_down + n_pairs
+        dw, uw = kto_weights(
+            n_desirable, n_undesirable, min_rows=min_kto_rows, max_imbalance=max_imbalance
+        )
+        hp = dataclasses.replace(hp, desirable_weight=dw, undesirable_weight=uw)
+        counts = {"desirable": n_desirable, "undesirable": n_undesirable}
+        n_rows = n_desirable + n_undesirable
+    hp = dataclasses.replace(hp, **overrides)
+    if method == "kto" and hp.batch_size < 2:
+        raise InvalidRequest("KTO needs batch_size >= 2 (its KL estimate pairs rows in a batch)")
+    return Plan(method, reason, n_pairs, n_up, n_down, n_rows, hp, counts)
+
+
+T = TypeVar("T")
+
+
+def split_heldout(
+    rows: Sequence[T], fraction: float, seed: int, key: Callable[[Any], Hashable]
+) -> tuple[list[T], list[T]]:
+    """Split into (train, heldout), stratified by ``key`` (e.g. ``row_kind``), seeded.
+
+    Each stratum gives ``round(n * fraction)`` rows to held-out, at least one when it has two or
+    more rows (so a small minority class is still measured) and never all of them. The result
+    depends only on the rows' order, the fraction and the seed; both parts keep the input order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+    strata: dict[Hashable, list[int]] = {}
+    for index, row in enumerate(rows):
+        strata.setdefault(key(row), []).append(index)
+    rng = random.Random(seed)
+    heldout: set[int] = set()
+    # Visit strata in a fixed order (by their text), so the seed alone decides the draw.
+    for stratum in sorted(strata, key=repr):
+        indices = strata[stratum]
+        n_held = round(len(indices) * fraction)
+        if fraction > 0 and len(indices) >= 2:
+            n_held = max(n_held, 1)
+        n_held = min(n_held, len(indices) - 1)
+        heldout.update(rng.sample(indices, n_held))
+    train = [row for i, row in enumerate(rows) if i not in heldout]
+    held = [row for i, row in enumerate(rows) if i in heldout]
+    return train, held

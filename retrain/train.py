@@ -1,0 +1,311 @@
+"""Train one round: a LoRA adapter from feedback rows, with TRL's DPO or KTO trainer.
+
+Continuing a parent: the parent is loaded trainable as PEFT's ``default`` adapter and handed to
+the trainer without a ``peft_config``; TRL then adds a frozen copy of it named ``ref`` and uses
+that as the reference model, so the round is regularised towards the parent, not the base. Only
+``default`` is saved. Without a parent, TRL wraps the base in a fresh LoRA and the reference is
+the base itself (adapters disabled).
+
+Reproducible on CPU: the same rows, hyperparameters and seed give bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import peft
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PrinterCallback,
+    TrainerCallback,
+    set_seed,
+)
+
+# trl's lazy __init__ hides its exports from mypy.
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # type: ignore[attr-defined]
+
+from gateway.errors import InvalidRequest
+from retrain.plan import DPORow, Hyperparameters, KTORow, Method
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a round produced: the adapter, TRL's last logged metrics, timings, versions."""
+
+    adapter_dir: Path
+    method: Method
+    seed: int
+    n_rows: int
+    steps: int
+    # The last value of every metric TRL logged per step (loss, rewards/margins, kl, ...), then
+    # the end-of-training summary: train_loss (mean over the run), train_runtime, ...
+    metrics: dict[str, float]
+    # Seconds: load (model + tokenizer), dataset (building and tokenizing it: TRL tokenizes in
+    # the trainer's constructor), train, save.
+    timings: dict[str, float]
+    versions: dict[str, str]
+    log_history: list[dict[str, float]] = field(default_factory=list)
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+class ProgressCallback(TrainerCallback):
+    """Hands every training log (loss, rewards/margins, ...) to ``progress``, plus a ``line``."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        logs = dict(logs or {})
+        event = {"step": state.global_step, "max_steps": state.max_steps, **logs}
+        if "train_runtime" in logs:  # the end-of-training summary
+            event["line"] = (
+                f"done: {state.global_step} steps in {logs['train_runtime']:.1f}s, "
+                f"mean loss {logs['train_loss']:.4f}"
+            )
+        else:
+            shown = [f"{k}={logs[k]:.4f}" for k in ("loss", "rewards/margins") if k in logs]
+            event["line"] = f"step {state.global_step}/{state.max_steps} " + " ".join(shown)
+        self.progress(event)
+
+
+def _check_rows(method: Method, rows: Sequence[KTORow | DPORow]) -> None:
+    if not rows:
+        raise InvalidRequest("no rows to train on")
+    expected = DPORow if method == "dpo" else KTORow
+    if not all(isinstance(row, expected) for row in rows):
+        raise InvalidRequest(f"{method.upper()} trains on {expected.__name__} rows only")
+    if len({isinstance(row.prompt, list) for row in rows}) > 1:
+        raise InvalidRequest("rows mix plain-text and chat prompts; a round needs one format")
+
+
+def _dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[DPORow],
+    hp: Hyperparameters,
+    peft_config: LoraConfig | None,
+    scratch: str,
+    seed: int,
+    device: str,
+    callbacks: list[TrainerCallback],
+) -> Any:
+    config = DPOConfig(
+        output_dir=scratch,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.num_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
+        max_length=hp.max_length,
+        beta=hp.beta,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda"),
+        # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
+        # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
+        activation_checkpointing=device.startswith("cuda"),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    dataset = Dataset.from_list([row.to_trl() for row in rows])
+    return DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def _kto_trainer(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[KTORow],
+    hp: Hyperparameters,
+    peft_config: LoraConfig | None,
+    scratch: str,
+    seed: int,
+    device: str,
+    callbacks: list[TrainerCallback],
+) -> Any:
+    config = KTOConfig(
+        output_dir=scratch,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.num_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
+        max_length=hp.max_length,
+        beta=hp.beta,
+        desirable_weight=hp.desirable_weight,
+        undesirable_weight=hp.undesirable_weight,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda"),
+        # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
+        # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
+        activation_checkpointing=device.startswith("cuda"),
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    # KTO reads its data in order (its KL term pairs each row with a batch neighbour's
+    # completion), so shuffle here, seeded, or feedback stored by label makes one-class batches.
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    dataset = Dataset.from_list([row.to_trl() for row in shuffled])
+    return KTOTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def train_round(
+    base_model: str | Path,
+    parent_adapter: Path | None,
+    method: Method,
+    rows: Sequence[KTORow] | Sequence[DPORow],
+    output_dir: Path,
+    hyperparams: Hyperparameters,
+    seed: int,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a LoRA on ``rows`` and save it to ``output_dir`` as a PEFT adapter directory.
+
+    ``output_dir`` must not exist, or be empty; the adapter is written to a sibling temporary
+    directory and renamed into place, so a failed round never leaves half an adapter behind.
+    """
+    if method not in ("dpo", "kto"):
+        raise InvalidRequest(f"unknown method {method!r}: expected kto or dpo", param="method")
+    _check_rows(method, rows)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} already exists and is not empty")
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    set_seed(seed)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    peft_config = None
+    if parent_adapter is not None:
+        model = PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
+    else:
+        peft_config = LoraConfig(
+            r=hyperparams.lora_r,
+            lora_alpha=hyperparams.lora_alpha,
+            lora_dropout=hyperparams.lora_dropout,
+            target_modules="all-linear",
+            use_dora=hyperparams.use_dora,
+            task_type="CAUSAL_LM",
+        )
+    timings["load"] = time.perf_counter() - started
+
+    callbacks: list[TrainerCallback] = [ProgressCallback(progress)] if progress else []
+    with tempfile.TemporaryDirectory(prefix="flywheel-trl-") as scratch:
+        started = time.perf_counter()
+        if method == "dpo":
+            dpo_rows = [row for row in rows if isinstance(row, DPORow)]
+            trainer = _dpo_trainer(
+                model,
+                tokenizer,
+                dpo_rows,
+                hyperparams,
+                peft_config,
+                scratch,
+                seed,
+                device,
+                callbacks,
+            )
+        else:
+            kto_rows = [row for row in rows if isinstance(row, KTORow)]
+            trainer = _kto_trainer(
+                model,
+                tokenizer,
+                kto_rows,
+                hyperparams,
+                peft_config,
+                scratch,
+                seed,
+                device,
+                callbacks,
+            )
+        # disable_tqdm makes Trainer print every log dict to stdout; progress reports them.
+        trainer.remove_callback(PrinterCallback)
+        timings["dataset"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        output = trainer.train()
+        timings["train"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    trained = trainer.model
+    # Record the base this round trained on, not whatever path the parent was trained against.
+    trained.peft_config["default"].base_model_name_or_path = str(base_model)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        # Only the trained adapter: with a parent, the model also holds TRL's frozen "ref" copy.
+        trained.save_pretrained(staging, selected_adapters=["default"])
+        if output_dir.exists():
+            output_dir.rmdir()
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    timings["save"] = time.perf_counter() - started
+
+    history = [dict(entry) for entry in trainer.state.log_history]
+    metrics: dict[str, float] = {}
+    for entry in history:
+        if "train_runtime" not in entry:  # per-step logs first, the summary last
+            metrics.update(entry)
+    metrics.update(output.metrics)
+    return TrainResult(
+        adapter_dir=output_dir,
+        method=method,
+        seed=seed,
+        n_rows=len(rows),
+        steps=output.global_step,
+        metrics=metrics,
+        timings=timings,
+        versions=library_versions(),
+        log_history=history,
+    )

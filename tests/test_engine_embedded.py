@@ -1,0 +1,380 @@
+"""EmbeddedEngine on the real demo base and real PEFT adapters (no fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import pytest_asyncio
+
+from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, SamplingParams
+from gateway.engine.embedded import EmbeddedEngine
+from gateway.engine.embedded_text import StreamText
+from gateway.engine.embedded_worker import RowStats
+from gateway.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
+
+GREEDY = SamplingParams(max_tokens=32, temperature=0.0)
+CHAT = [{"role": "user", "content": "Hello! How can I help you today?"}]
+
+
+@dataclass
+class Result:
+    text: str
+    chunks: list[GenerationChunk]
+
+    @property
+    def last(self) -> GenerationChunk:
+        return self.chunks[-1]
+
+
+def ref(path: Path, name: str) -> AdapterRef:
+    return AdapterRef(engine_name=name, path=path, version_id=f"v-{name}")
+
+
+def request(
+    adapter: AdapterRef | None,
+    prompt: str = "Refunds",
+    sampling: SamplingParams = GREEDY,
+    *,
+    messages: list[dict[str, Any]] | None = None,
+    request_id: str = "req",
+) -> GenerationRequest:
+    if messages is not None:
+        return GenerationRequest(request_id, adapter, sampling, messages=messages)
+    return GenerationRequest(request_id, adapter, sampling, prompt=prompt)
+
+
+async def collect(engine: EmbeddedEngine, req: GenerationRequest) -> Result:
+    chunks = [chunk async for chunk in engine.generate(req)]
+    return Result("".join(c.text for c in chunks), chunks)
+
+
+def open_stream(engine: EmbeddedEngine, req: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
+    """The stream as the async generator it is, so the test can close it like a server does."""
+    return cast(AsyncGenerator[GenerationChunk], engine.generate(req))
+
+
+def stats(engine: EmbeddedEngine, request_id: str) -> RowStats:
+    """How the latest generation with ``request_id`` ended."""
+    found = [s for s in engine.recent if s.request_id == request_id]
+    assert found, f"no generation {request_id!r} has ended"
+    return found[-1]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def engine(demo_base: Path) -> AsyncIterator[EmbeddedEngine]:
+    engine = EmbeddedEngine(demo_base, base_model_name="demo", max_batch_size=16)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@pytest.fixture(scope="module")
+def loras(demo_adapters: list[Path]) -> list[AdapterRef]:
+    return [ref(path, f"lora-{i}") for i, path in enumerate(demo_adapters)]
+
+
+@pytest.fixture(scope="module")
+def dora(demo_base: Path, tmp_path_factory: pytest.TempPathFactory) -> AdapterRef:
+    from adapters.demo import build_demo_adapter
+
+    path = build_demo_adapter(
+        demo_base, tmp_path_factory.mktemp("dora") / "d", seed=7, use_dora=True
+    )
+    return AdapterRef("dora-0", path, "v-dora", use_dora=True)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+async def test_adapters_change_greedy_output(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    base = await collect(engine, request(None))
+    first = await collect(engine, request(loras[0]))
+    second = await collect(engine, request(loras[1]))
+    assert len({base.text, first.text, second.text}) == 3
+    assert {"lora-0", "lora-1"} <= set(engine.loaded_adapters())  # generate loaded them
+
+
+async def test_batching_does_not_change_results(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    hello = "Hello! How can I help you today?"
+    sampling = SamplingParams(max_tokens=48, temperature=0.0)
+    cases = [
+        (None, "Refunds"),
+        (loras[0], "0 1 2 3 " * 3),
+        (loras[1], "The quick brown fox " * 2),
+        (loras[2], hello),
+        (loras[3], hello),  # ends early on the end-of-turn token, so its row leaves the batch
+        (loras[0], None),  # chat
+        (None, hello * 3),
+        (loras[3], "Refunds " * 5),
+    ]
+    requests = [
+        request(adapter, prompt, sampling, request_id=f"batch-{i}")
+        if prompt is not None
+        else request(adapter, sampling=sampling, messages=CHAT, request_id=f"batch-{i}")
+        for i, (adapter, prompt) in enumerate(cases)
+    ]
+    for adapter in loras[:4]:
+        await engine.load_adapter(adapter)
+
+    alone = [await collect(engine, req) for req in requests]
+    alone_tokens = [stats(engine, req.request_id).token_ids for req in requests]
+    waves, passes = engine.waves, engine.forward_passes
+    together = await asyncio.gather(*(collect(engine, req) for req in requests))
+
+    assert [stats(engine, req.request_id).token_ids for req in requests] == alone_tokens
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.last for r in together] == [r.last for r in alone]
+    assert {r.last.finish_reason for r in alone} == {"stop", "length"}
+    assert engine.waves - waves == 1
+    longest = max(r.last.completion_tokens for r in alone)
+    assert engine.forward_passes - passes == longest  # one pass per step for all eight rows
+
+
+async def test_chunks_stream_while_generating(engine: EmbeddedEngine) -> None:
+    started = engine.forward_passes
+    passes_at_first_chunk = None
+    chunks = []
+    async for chunk in engine.generate(request(None, sampling=SamplingParams(128, 0.0))):
+        if passes_at_first_chunk is None:
+            passes_at_first_chunk = engine.forward_passes - started
+        chunks.append(chunk)
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 128
+    assert len(chunks) > 10
+    assert passes_at_first_chunk is not None and passes_at_first_chunk < 64
+
+
+async def test_closing_the_stream_cancels_only_that_row(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    long = SamplingParams(max_tokens=200, temperature=0.0)
+    others = [
+        request(loras[1], "Refunds", long, request_id="keep-1"),
+        request(None, "0 1 2 3", long, request_id="keep-2"),
+    ]
+    await engine.load_adapter(loras[0])  # else its row waits for the adapter, then a wave
+    expected = [await collect(engine, req) for req in others]
+
+    async def leave_early() -> None:
+        stream = open_stream(engine, request(loras[0], "Refunds", long, request_id="gone"))
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 2:
+                break
+        await stream.aclose()
+
+    leaving = asyncio.create_task(leave_early())  # starts in the same loop tick: same wave
+    kept = await asyncio.gather(*(collect(engine, req) for req in others))
+    await leaving
+
+    assert [r.text for r in kept] == [r.text for r in expected]
+    gone = stats(engine, "gone")
+    assert gone.finish_reason == "cancelled"
+    assert gone.completion_tokens < 100
+    assert gone.wave == stats(engine, "keep-1").wave == stats(engine, "keep-2").wave
+
+
+async def test_stop_string_truncates_before_it(engine: EmbeddedEngine) -> None:
+    full = await collect(engine, request(None, "0 1 2 3"))
+    start = next(i for i in range(6, len(full.text)) if full.text[i : i + 3].isalnum())
+    stop = full.text[start : start + 3]
+    stopped = await collect(
+        engine, request(None, "0 1 2 3", SamplingParams(32, 0.0, stop=("@@never@@", stop)))
+    )
+    assert stopped.text == full.text[: full.text.index(stop)]
+    assert stopped.last.finish_reason == "stop"
+    assert stopped.last.completion_tokens < full.last.completion_tokens
+
+
+async def test_max_tokens_finishes_with_length(engine: EmbeddedEngine) -> None:
+    result = await collect(engine, request(None, sampling=SamplingParams(5, 0.0)))
+    assert result.last.finish_reason == "length"
+    assert result.last.completion_tokens == 5
+    assert result.last.prompt_tokens > 0
+
+
+async def test_seeded_sampling_is_reproducible(engine: EmbeddedEngine) -> None:
+    def sampled(seed: int) -> GenerationRequest:
+        return request(None, sampling=SamplingParams(32, temperature=1.5, top_p=0.9, seed=seed))
+
+    first = await collect(engine, sampled(42))
+    again = await collect(engine, sampled(42))
+    assert first.text == again.text
+    others = {(await collect(engine, sampled(seed))).text for seed in (1, 2, 3)}
+    assert len(others | {first.text}) > 1
+
+
+async def test_prompt_too_long_is_refused_before_queueing(engine: EmbeddedEngine) -> None:
+    waves = engine.waves
+    with pytest.raises(InvalidRequest) as raised:
+        engine.generate(request(None, "hello " * 3000))
+    assert raised.value.param == "prompt"
+    assert "2048" in raised.value.message
+    long_chat = [{"role": "user", "content": "hello " * 3000}]
+    with pytest.raises(InvalidRequest) as raised:
+        engine.generate(request(None, messages=long_chat))
+    assert raised.value.param == "messages"
+    with pytest.raises(InvalidRequest):
+        engine.generate(request(None, sampling=SamplingParams(max_tokens=2048)))
+    assert engine.waves == waves
+
+
+async def test_dora_shares_a_wave_with_lora_rows(
+    engine: EmbeddedEngine, loras: list[AdapterRef], dora: AdapterRef
+) -> None:
+    requests = [
+        request(dora, request_id="dora"),
+        request(loras[0], request_id="lora"),
+        request(None, "0 1 2 3", request_id="base"),
+    ]
+    alone = [await collect(engine, req) for req in requests]
+    together = await asyncio.gather(*(collect(engine, req) for req in requests))
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert alone[0].text != (await collect(engine, request(None))).text
+    assert len({stats(engine, req.request_id).wave for req in requests}) == 1
+
+
+# --- adapters ------------------------------------------------------------------------------------
+
+
+async def test_concurrent_loads_of_one_adapter_load_once(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    loads = engine.loads
+    await asyncio.gather(*(engine.load_adapter(loras[6]) for _ in range(5)))
+    assert engine.loads - loads == 1
+    assert engine.loaded_adapters().count("lora-6") == 1
+    assert engine.last_load_seconds > 0
+
+
+async def test_refused_adapter_is_not_loaded(demo_base: Path, loras: list[AdapterRef]) -> None:
+    def verifier(adapter: AdapterRef) -> None:
+        if adapter.engine_name == "lora-0":
+            raise AdapterLoadRefused("signature does not match")
+
+    engine = EmbeddedEngine(demo_base, base_model_name="demo", verifier=verifier)
+    await engine.start()
+    try:
+        with pytest.raises(AdapterLoadRefused):
+            await engine.load_adapter(loras[0])
+        with pytest.raises(AdapterLoadRefused):
+            await collect(engine, request(loras[0]))
+        assert engine.loaded_adapters() == []
+        assert engine.loads == 0
+        await engine.load_adapter(loras[1])
+        assert engine.loaded_adapters() == ["lora-1"]
+    finally:
+        await engine.stop()
+
+
+async def test_unloadable_directory_is_refused(engine: EmbeddedEngine, tmp_path: Path) -> None:
+    with pytest.raises(AdapterLoadRefused):
+        await engine.load_adapter(ref(tmp_path, "empty"))
+    assert "empty" not in engine.loaded_adapters()
+
+
+async def test_lru_eviction_spares_adapters_in_use(
+    demo_base: Path, loras: list[AdapterRef]
+) -> None:
+    engine = EmbeddedEngine(demo_base, base_model_name="demo", max_loras=2)
+    await engine.start()
+    try:
+        await engine.load_adapter(loras[0])
+        await engine.load_adapter(loras[1])
+        await engine.load_adapter(loras[0])  # touch: lora-1 is now least recently used
+        await engine.load_adapter(loras[2])
+        assert engine.loaded_adapters() == ["lora-0", "lora-2"]
+        assert engine.evictions == 1
+
+        # lora-0 is least recently used but busy, so lora-2 goes instead.
+        stream = open_stream(engine, request(loras[0], sampling=SamplingParams(200, 0.0)))
+        await anext(stream)
+        await engine.load_adapter(loras[2])
+        await engine.load_adapter(loras[3])
+        assert engine.loaded_adapters() == ["lora-0", "lora-3"]
+        await stream.aclose()
+        assert (await collect(engine, request(loras[2]))).last.finish_reason is not None
+        assert engine.loaded_adapters() == ["lora-3", "lora-2"]
+        assert engine.evictions == 3
+    finally:
+        await engine.stop()
+
+
+async def test_unload_waits_for_requests_in_flight(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    stream = engine.generate(request(loras[5], sampling=SamplingParams(64, 0.0)))
+    chunks = [await anext(stream)]
+    unload = asyncio.create_task(engine.unload_adapter("lora-5"))
+    async for chunk in stream:
+        assert not unload.done()
+        chunks.append(chunk)
+    await unload
+    assert chunks[-1].finish_reason is not None
+    assert "lora-5" not in engine.loaded_adapters()
+
+
+def test_generate_before_start_is_unavailable(demo_base: Path) -> None:
+    engine = EmbeddedEngine(demo_base, base_model_name="demo")
+    with pytest.raises(EngineUnavailable):
+        engine.generate(request(None))
+    assert not engine.ready()
+
+
+async def test_stop_ends_streams_with_an_engine_error(demo_base: Path) -> None:
+    engine = EmbeddedEngine(demo_base, base_model_name="demo")
+    await engine.start()
+    stream = engine.generate(request(None, sampling=SamplingParams(1000, 0.0)))
+    await anext(stream)
+    await engine.stop()
+    with pytest.raises(EngineError):
+        async for _ in stream:
+            pass
+    assert not engine.ready()
+
+
+# --- streamed text -------------------------------------------------------------------------------
+
+
+def _stream(tokenizer: Any, text: str, stops: tuple[str, ...] = ()) -> list[str]:
+    ids = tokenizer.encode(text)
+    streamed = StreamText(tokenizer, [], stops)
+    deltas = []
+    for i, token_id in enumerate(ids):
+        streamed.push(token_id)
+        done = streamed.stopped or i == len(ids) - 1
+        deltas.append(streamed.take(final=done))
+        if streamed.stopped:
+            break
+    return deltas
+
+
+def test_multibyte_text_streams_whole_characters(demo_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_base)
+    text = "héllo 日本語 🙂 ok"
+    deltas = _stream(tokenizer, text)
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert len([d for d in deltas if d]) > 1
+
+
+def test_stop_string_split_over_tokens_is_never_sent(demo_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_base)
+    deltas = _stream(tokenizer, "Thanks for your order! Refunds take five days.", ("r order",))
+    assert "".join(deltas) == "Thanks for you"

@@ -1,0 +1,155 @@
+"""The Redis rate limiter on a real Redis: shared limits across gateway replicas, fail open/closed.
+
+Redis comes from FLYWHEEL_TEST_REDIS_URL or the local server at 127.0.0.1:6379.  In CI
+(CI=true) a missing Redis is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.ratelimit import InMemoryRateLimiter, Limits
+from gateway.ratelimit_redis import RedisRateLimiter
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+REDIS_URL = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of its own for each test, deleted afterwards."""
+    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        await client.aclose()
+        if os.environ.get("CI"):
+            raise RuntimeError(f"Redis is required in CI but unreachable: {exc}") from exc
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    name = f"fwtest:{uuid.uuid4().hex[:8]}:"
+    try:
+        yield name
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{name}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pair(prefix: str) -> AsyncIterator[tuple[RedisRateLimiter, RedisRateLimiter]]:
+    """Two limiters, as two gateway replicas would hold, sharing one Redis."""
+    a = RedisRateLimiter(REDIS_URL, key_prefix=prefix)
+    b = RedisRateLimiter(REDIS_URL, key_prefix=prefix)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def outcomes(calls: list[asyncio.Future[None] | asyncio.Task[None]]) -> list[bool]:
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        assert r is None or isinstance(r, RateLimited), r
+    return [r is None for r in results]
+
+
+async def test_two_replicas_share_the_request_limit(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+    a, b = pair
+    limits = Limits(rpm=20, tpm=1_000_000)
+    # 60 concurrent requests spread over both replicas: exactly the limit passes, not twice it.
+    calls = [asyncio.ensure_future((a if i % 2 else b).acquire("t1", limits, 1)) for i in range(60)]
+    passed = await outcomes(calls)
+    assert sum(passed) == 20
+    with pytest.raises(RateLimited) as info:
+        await a.acquire("t1", limits, 1)
+    assert 0 < info.value.retry_after <= 60 / 20 + 0.1
+    await b.acquire("t2", limits, 1)  # another tenant has its own bucket
+
+
+async def test_token_limit_estimate_then_settle(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+    a, b = pair
+    limits = Limits(rpm=1000, tpm=1000)
+    await a.acquire("t", limits, 600)
+    with pytest.raises(RateLimited, match="tokens per minute"):
+        await b.acquire("t", limits, 600)
+    await a.settle("t", limits, -500)  # the real usage was 100: refund on the other replica's view
+    await b.acquire("t", limits, 600)
+    await b.settle("t", limits, 2000)  # used far more than estimated: the bucket goes into debt
+    with pytest.raises(RateLimited) as info:
+        await a.acquire("t", limits, 1)
+    assert info.value.retry_after > 60  # ~2200 tokens of debt at 1000/minute
+
+
+async def test_huge_request_passes_on_a_full_bucket(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+    a, _ = pair
+    await a.acquire("t", Limits(rpm=10, tpm=100), 5000)  # same rule as the in-memory limiter
+
+
+async def test_same_decisions_as_in_memory(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+    a, b = pair
+    memory = InMemoryRateLimiter()
+    limits = Limits(rpm=5, tpm=300)
+    script = [("acquire", 100), ("acquire", 100), ("settle", -80), ("acquire", 150), ("acquire", 90)]
+    script += [("acquire", 10), ("acquire", 10), ("acquire", 10)]
+    for i, (op, n) in enumerate(script):
+        redis_limiter = a if i % 2 else b
+        if op == "settle":
+            await memory.settle("t", limits, n)
+            await redis_limiter.settle("t", limits, n)
+            continue
+        got = [True, True]
+        for j, limiter in enumerate((memory, redis_limiter)):
+            try:
+                await limiter.acquire("t", limits, n)
+            except RateLimited:
+                got[j] = False
+        assert got[0] == got[1], f"step {i}: in-memory {got[0]}, redis {got[1]}"
+
+
+async def test_fail_open_allows_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "flywheel.ratelimit")
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", fail_open=True)
+    try:
+        for _ in range(3):
+            await limiter.acquire("t", Limits(rpm=1, tpm=1), 10)
+        await limiter.settle("t", Limits(rpm=1, tpm=1), 5)  # never raises
+        assert sum("fail open" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        await limiter.close()
+
+
+async def test_fail_closed_is_503() -> None:
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", fail_open=False)
+    try:
+        with pytest.raises(ServiceUnavailable) as info:
+            await limiter.acquire("t", Limits(rpm=100, tpm=100), 1)
+        assert info.value.status_code == 503 and info.value.retry_after >= 1
+        await limiter.settle("t", Limits(rpm=100, tpm=100), 5)  # the answer already went out
+    finally:
+        await limiter.close()
+
+
+async def test_keys_use_the_prefix_and_expire(pair: tuple[RedisRateLimiter, RedisRateLimiter], prefix: str) -> None:
+    a, _ = pair
+    await a.acquire("tenant-x", Limits(rpm=60, tpm=600), 10)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}*")])
+        assert keys == [f"{prefix}{{tenant-x}}:req", f"{prefix}{{tenant-x}}:tok"]
+        ttls = [await client.ttl(k) for k in keys]
+        assert all(0 < ttl <= 180 for ttl in ttls), ttls
+    finally:
+        await client.aclose()
