@@ -107,7 +107,7 @@ async def test_metrics_move_with_openai_traffic(env: Env) -> None:
     async for _ in stream:
         pass
     after = (await env.client.get("/metrics")).text
-    labels = {"tenant": "metered", "adapter": "support@1"}
+    labels = {"tenant": env.tenant.id, "adapter": "support@1"}
     assert sample(after, "flywheel_requests_total", status="ok", **labels) - sample(before, "flywheel_requests_total", status="ok", **labels) == 4
     assert sample(after, "flywheel_request_duration_seconds_count", **labels) - sample(before, "flywheel_request_duration_seconds_count", **labels) == 4
     assert sample(after, "flywheel_tokens_total", direction="out", **labels) > sample(before, "flywheel_tokens_total", direction="out", **labels)
@@ -133,3 +133,25 @@ def test_metric_names_match_deploy_list() -> None:
         if f.name.startswith("flywheel_")
     }
     assert exported == listed
+
+
+async def test_feedback_metric(env: Env) -> None:
+    before = sample((await env.client.get("/metrics")).text, "flywheel_feedback_total", tenant=env.tenant.id, kind="up")
+    key = {"Authorization": f"Bearer {env.tenant.key}"}
+    r = await env.client.post("/v1/chat/completions", json={"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, headers=key)
+    fb = await env.client.post("/v1/feedback", json={"completion_id": r.json()["id"], "rating": "up"}, headers=key)
+    assert fb.status_code == 200
+    after = sample((await env.client.get("/metrics")).text, "flywheel_feedback_total", tenant=env.tenant.id, kind="up")
+    assert after - before == 1
+
+
+async def test_forget_end_user(env: Env) -> None:
+    key = {"Authorization": f"Bearer {env.tenant.key}"}
+    body = {"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "user": "alice"}
+    r = await env.client.post("/v1/chat/completions", json=body, headers=key)
+    await env.client.post("/v1/feedback", json={"completion_id": r.json()["id"], "rating": "down", "end_user": "alice"}, headers=key)
+    gone = await env.client.post("/admin/feedback/forget", json={"tenant": "metered", "end_user": "alice"}, headers=env.admin)
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["completions"] >= 1 and gone.json()["feedback"] >= 1
+    left = await env.client.get(f"/v1/feedback?completion_id={r.json()['id']}", headers=key)
+    assert left.status_code == 404 or left.json()["data"] == []

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# Nothing is fetched from a model hub at run time: bases are local paths or already cached.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from gateway.cli import (
     adapters,

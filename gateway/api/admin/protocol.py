@@ -52,3 +52,8 @@ class GoldenAdd(_Strict):
     tenant: str
     adapter: str
     items: list[dict[str, Any]] = Field(min_length=1)
+
+
+class Forget(_Strict):
+    tenant: str
+    end_user: str = Field(min_length=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from adapters.registry import get_adapter, list_versions
 from gateway.api.admin.deps import AdminContext, AdminDep
 from gateway.api.admin.protocol import (
     AdapterAdd,
+    Forget,
     GoldenAdd,
     Promote,
     Rollback,
@@ -384,3 +386,17 @@ async def audit_log(admin: AdminDep, state: StateDep, limit: int = 100) -> list[
             "created_at",
         )
         return [{c: getattr(r, c) for c in cols} for r in rows]
+
+
+@router.post("/feedback/forget")
+async def forget(body: Forget, admin: AdminDep, state: StateDep) -> dict[str, Any]:
+    """Erase an end user's completions and feedback, including rows still queued in memory."""
+    from feedback.retention import forget_end_user
+
+    async with state.db.session() as session:
+        tenant = await tenant_svc.get_tenant(session, body.tenant)
+    deleted = await forget_end_user(state.db, tenant.id, body.end_user, log=state.completions)
+    await _audited(
+        state, admin, "feedback.forget", body.end_user, tenant.id, deleted=asdict(deleted)
+    )
+    return {"tenant": body.tenant, "end_user": body.end_user, **asdict(deleted)}

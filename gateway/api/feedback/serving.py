@@ -29,6 +29,7 @@ from starlette.responses import Response
 
 from feedback.service import UNAVAILABLE, list_feedback, not_found, record_feedback
 from feedback.tokens import is_feedback_token, verify
+from gateway import metrics
 from gateway.api.body import read_json
 from gateway.api.deps import bearer_token, get_tenant
 from gateway.api.errors import error_response, validation_error
@@ -126,6 +127,14 @@ def cors_headers(origin: str) -> dict[str, str]:
     }
 
 
+def _count(tenant_id: str, items: Any) -> None:
+    """flywheel_feedback_total by kind: edit, up, down, or comment."""
+    tenant = metrics.tenant(tenant_id)
+    for item in items:
+        kind = "edit" if item.edited_output is not None else (item.rating or "comment")
+        metrics.FEEDBACK.labels(tenant, kind).inc()
+
+
 class FeedbackServing:
     def __init__(self, state: AppState, request: Request) -> None:
         self.state = state
@@ -159,6 +168,7 @@ class FeedbackServing:
         except FlywheelError as exc:
             return await self._error(exc)
         objects = [FeedbackObject.from_stored(s) for s in stored]
+        _count(auth.tenant_id, items.feedback)
         status = 202 if any(o.status == "queued" for o in objects) else 200
         body: Any = objects[0] if items.single else FeedbackList(data=objects)
         return JSONResponse(body.model_dump(), status_code=status, headers=self._ok_headers(auth))

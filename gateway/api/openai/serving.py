@@ -116,7 +116,7 @@ class _Call:
 
 def _observe(call: _Call) -> None:
     done = time.perf_counter()
-    tenant, adapter = metrics.tenant(call.auth.tenant.name), call.resolved.label
+    tenant, adapter = metrics.tenant(call.auth.tenant.id), call.resolved.label
     metrics.REQUESTS.labels(tenant, adapter, call.status).inc()
     metrics.REQUEST_SECONDS.labels(tenant, adapter).observe(done - call.t_received)
     if call.t_first:
@@ -163,7 +163,7 @@ class OpenAIServing:
         try:
             await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
         except RateLimited:
-            tenant = metrics.tenant(auth.tenant.name)
+            tenant = metrics.tenant(auth.tenant.id)
             metrics.RATE_LIMITED.labels(tenant).inc()
             metrics.REQUESTS.labels(tenant, resolved.label, "rate_limited").inc()
             raise

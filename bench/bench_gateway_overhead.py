@@ -1,0 +1,344 @@
+"""What the gateway adds in front of an engine: throughput and latency, against LiteLLM's proxy.
+
+One run starts, as separate processes on loopback: an upstream that answers instantly with
+OpenAI-shaped responses and vLLM's adapter routes (a raw ASGI app on uvicorn), ``flywheel
+serve`` with FLYWHEEL_ENGINE=vllm pointed at it, and LiteLLM's proxy in front of the same
+upstream when a ``litellm`` executable is found (LITELLM_BIN, PATH, or the bench venv below).
+The same load (httpx async clients, bounded request counts) goes (a) straight to the upstream,
+(b) through Flywheel, (c) through LiteLLM, at 1, 32 and 128 concurrent clients, streaming and
+not.  Prints a markdown table; ``main()`` returns the numbers.
+
+Flywheel runs with FLYWHEEL_AUTH_CACHE_TTL_S=5 and FLYWHEEL_ROUTE_CACHE_TTL_S=5: with the
+defaults (0) every request reads its API key and route from the database.  It still checks
+the key, the rate limit and writes every completion to its log; LiteLLM runs with a master key
+(checked per request) and no database.
+
+    .venv/bin/python -m bench.bench_gateway_overhead [--scale 1.0]
+
+LiteLLM lives in its own virtualenv so it never changes the project's packages:
+    python3.11 -m venv ~/.cache/flywheel-bench/litellm-venv
+    ~/.cache/flywheel-bench/litellm-venv/bin/pip install 'litellm[proxy]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BASE = "fake-base"
+LITELLM_VENV_BIN = Path.home() / ".cache/flywheel-bench/litellm-venv/bin/litellm"
+CONCURRENCY = (1, 32, 128)
+REQUESTS = {1: 300, 32: 1600, 128: 2560}
+BODY = {
+    "model": BASE,
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
+
+# --- the instant upstream ------------------------------------------------------------------
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+_LORAS: dict[str, str] = {}
+
+
+async def _reply(send: Send, status: int, body: bytes, ctype: bytes) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _event(obj: str, model: str, choices: list[Any], usage: Any = None) -> bytes:
+    data: dict[str, Any] = {"id": "up-1", "object": obj, "created": 0, "model": model}
+    data["choices"] = choices
+    if usage is not None:
+        data["usage"] = usage
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+async def fake_upstream(scope: Scope, receive: Receive, send: Send) -> None:
+    """An OpenAI/vLLM-shaped server that answers at once ("Hello world", 2 tokens)."""
+    if scope["type"] != "http":
+        return
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    path = scope["path"]
+    if path == "/health":
+        return await _reply(send, 200, b"", b"text/plain")
+    if path == "/v1/models":
+        cards = [{"id": BASE, "object": "model", "root": BASE, "parent": None}]
+        cards += [{"id": n, "object": "model", "root": p, "parent": BASE} for n, p in _LORAS.items()]
+        return await _reply(send, 200, json.dumps({"object": "list", "data": cards}).encode(), b"application/json")
+    body = json.loads(raw or b"{}")
+    if path == "/v1/load_lora_adapter":
+        _LORAS[body["lora_name"]] = body["lora_path"]
+        return await _reply(send, 200, b"Success: LoRA adapter added successfully.", b"text/plain")
+    if path == "/v1/unload_lora_adapter":
+        if _LORAS.pop(body.get("lora_name", ""), None) is None:
+            err = {"error": {"message": "cannot be found", "type": "NotFoundError", "param": None, "code": 404}}
+            return await _reply(send, 404, json.dumps(err).encode(), b"application/json")
+        return await _reply(send, 200, b"Success: LoRA adapter removed successfully.", b"text/plain")
+    if path not in ("/v1/chat/completions", "/v1/completions"):
+        return await _reply(send, 404, b'{"detail":"Not Found"}', b"application/json")
+    chat = path.endswith("chat/completions")
+    model = body.get("model", BASE)
+    if not body.get("stream"):
+        if chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": "Hello world"}}
+        else:
+            choice = {"index": 0, "text": "Hello world"}
+        choice.update(finish_reason="stop", logprobs=None)
+        out = {"id": "up-1", "object": "chat.completion" if chat else "text_completion", "created": 0}
+        out.update(model=model, choices=[choice], usage=_USAGE)
+        return await _reply(send, 200, json.dumps(out).encode(), b"application/json")
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def piece(text: str, finish: str | None) -> dict[str, Any]:
+        if chat:
+            return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        return {"index": 0, "text": text, "finish_reason": finish}
+
+    events = [_event(obj, model, [piece("Hello", None)]), _event(obj, model, [piece(" world", "stop")])]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(_event(obj, model, [], _USAGE))
+    events.append(b"data: [DONE]\n\n")
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for event in events:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def litellm_bin() -> str | None:
+    for candidate in (os.environ.get("LITELLM_BIN"), shutil.which("litellm"), str(LITELLM_VENV_BIN)):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    target: str
+    stream: bool
+    clients: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _one(client: httpx.AsyncClient, stream: bool) -> bool:
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}} if stream else BODY
+    if not stream:
+        r = await client.post("/v1/chat/completions", json=body)
+        return r.status_code == 200 and bool(r.json()["choices"])
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        done = False
+        async for line in r.aiter_lines():
+            done = done or line == "data: [DONE]"
+        return r.status_code == 200 and done
+
+
+async def _load(url: str, headers: dict[str, str], clients: int, total: int, stream: bool) -> tuple[list[float], int, float]:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
+        for _ in range(min(20, total)):  # warm the connections and the gateway's caches
+            await _one(client, stream)
+        latencies: list[float] = []
+        errors = 0
+        left = total
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                started = time.perf_counter()
+                try:
+                    ok = await _one(client, stream)
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return latencies, errors, time.perf_counter() - started
+
+
+async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) -> list[Row]:
+    rows: list[Row] = []
+    for stream in (False, True):
+        for clients in CONCURRENCY:
+            total = max(clients, int(REQUESTS[clients] * scale))
+            for name, (url, headers) in targets.items():  # interleaved: drift hits all alike
+                latencies, errors, elapsed = await _load(url, headers, clients, total, stream)
+                rows.append(
+                    Row(name, stream, clients, total, errors, total / elapsed, _pct(latencies, 0.5), _pct(latencies, 0.99))
+                )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    direct = {(r.stream, r.clients): r for r in rows if r.target == "direct"}
+    lines = [
+        "| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        d = direct[(r.stream, r.clients)]
+        added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:+.2f} | {r.p99_ms - d.p99_ms:+.2f}"
+        added = added or "- | -"
+        lines.append(
+            f"| {'stream' if r.stream else 'json'} | {r.clients} | {r.target} | {r.rps:.0f} "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {added} | {r.errors} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: list[Row], litellm: str) -> dict[str, Any]:
+    get = {(r.target, r.stream, r.clients): r for r in rows}
+    out: dict[str, Any] = {"rows": [asdict(r) for r in rows], "litellm": litellm}
+    for stream in (False, True):
+        mode = "stream" if stream else "json"
+        fw, direct = get[("flywheel", stream, 1)], get[("direct", stream, 1)]
+        out[f"{mode}_added_p50_ms_1_client"] = round(fw.p50_ms - direct.p50_ms, 3)
+        lite = get.get(("litellm", stream, 32))
+        if lite is not None:
+            out[f"{mode}_throughput_vs_litellm_32_clients"] = round(get[("flywheel", stream, 32)].rps / lite.rps, 2)
+    return out
+
+
+def run(scale: float = 1.0) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="fw-bench-overhead-"))
+    up_port, fw_port, lite_port = _free_port(), _free_port(), _free_port()
+    up_url = f"http://127.0.0.1:{up_port}"
+    py = sys.executable
+    env = {**os.environ}
+    upstream_cmd = [py, "-m", "uvicorn", "bench.bench_gateway_overhead:fake_upstream", "--port", str(up_port)]
+    upstream_cmd += ["--log-level", "warning", "--no-access-log"]
+    fw_env = {
+        **env,
+        "FLYWHEEL_DATA_DIR": str(root / "fw"),
+        "FLYWHEEL_ENGINE": "vllm",
+        "FLYWHEEL_VLLM_URLS": up_url,
+        "FLYWHEEL_BASE_MODEL_NAME": BASE,
+        "FLYWHEEL_AUTH_CACHE_TTL_S": "5",
+        "FLYWHEEL_ROUTE_CACHE_TTL_S": "5",
+        "FLYWHEEL_DEFAULT_RPM": str(10**9),
+        "FLYWHEEL_DEFAULT_TPM": str(10**12),
+        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
+        "FLYWHEEL_LOG_LEVEL": "WARNING",
+        "FLYWHEEL_PORT": str(fw_port),
+    }
+    key = subprocess.run(
+        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"], env=fw_env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    lite = litellm_bin()
+    litellm_note = f"LiteLLM proxy ({lite})" if lite else "not run: no litellm executable found"
+    with _process(upstream_cmd, env, root / "upstream.log") as up:
+        _wait(f"{up_url}/health", up, root / "upstream.log")
+        with _process([py, "-m", "gateway.cli.main", "serve"], fw_env, root / "flywheel.log") as fw:
+            _wait(f"http://127.0.0.1:{fw_port}/readyz", fw, root / "flywheel.log")
+            targets = {
+                "direct": (up_url, {}),
+                "flywheel": (f"http://127.0.0.1:{fw_port}", {"authorization": f"Bearer {key}"}),
+            }
+            if lite is None:
+                rows = asyncio.run(measure(targets, scale))
+                return {**summary(rows, litellm_note), "table": table(rows)}
+            config = root / "litellm.yaml"
+            model = {"model": f"openai/{BASE}", "api_base": f"{up_url}/v1", "api_key": "sk-none"}
+            config.write_text(json.dumps({"model_list": [{"model_name": BASE, "litellm_params": model}]}))
+            master = f"sk-{os.urandom(16).hex()}"  # LiteLLM refuses to start without one
+            lite_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+            lite_env["LITELLM_MASTER_KEY"] = master
+            lite_cmd = [lite, "--config", str(config), "--port", str(lite_port), "--host", "127.0.0.1"]
+            with _process(lite_cmd, lite_env, root / "litellm.log") as lp:
+                _wait(f"http://127.0.0.1:{lite_port}/health/liveliness", lp, root / "litellm.log", timeout=180)
+                targets["litellm"] = (f"http://127.0.0.1:{lite_port}", {"authorization": f"Bearer {master}"})
+                rows = asyncio.run(measure(targets, scale))
+    return {**summary(rows, litellm_note), "table": table(rows)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    args = parser.parse_args(argv)
+    results = run(args.scale)
+    print(results.pop("table"))
+    print()
+    print({k: v for k, v in results.items() if k != "rows"})
+    return results
+
+
+if __name__ == "__main__":
+    main()
