@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,29 +88,51 @@ async def fake_upstream(scope: Scope, receive: Receive, send: Send) -> None:
         return await _reply(send, 200, b"", b"text/plain")
     if path == "/v1/models":
         cards = [{"id": BASE, "object": "model", "root": BASE, "parent": None}]
-        cards += [{"id": n, "object": "model", "root": p, "parent": BASE} for n, p in _LORAS.items()]
-        return await _reply(send, 200, json.dumps({"object": "list", "data": cards}).encode(), b"application/json")
+        cards += [
+            {"id": n, "object": "model", "root": p, "parent": BASE} for n, p in _LORAS.items()
+        ]
+        return await _reply(
+            send, 200, json.dumps({"object": "list", "data": cards}).encode(), b"application/json"
+        )
     body = json.loads(raw or b"{}")
     if path == "/v1/load_lora_adapter":
         _LORAS[body["lora_name"]] = body["lora_path"]
         return await _reply(send, 200, b"Success: LoRA adapter added successfully.", b"text/plain")
     if path == "/v1/unload_lora_adapter":
         if _LORAS.pop(body.get("lora_name", ""), None) is None:
-            err = {"error": {"message": "cannot be found", "type": "NotFoundError", "param": None, "code": 404}}
+            err = {
+                "error": {
+                    "message": "cannot be found",
+                    "type": "NotFoundError",
+                    "param": None,
+                    "code": 404,
+                }
+            }
             return await _reply(send, 404, json.dumps(err).encode(), b"application/json")
-        return await _reply(send, 200, b"Success: LoRA adapter removed successfully.", b"text/plain")
+        return await _reply(
+            send, 200, b"Success: LoRA adapter removed successfully.", b"text/plain"
+        )
     if path not in ("/v1/chat/completions", "/v1/completions"):
         return await _reply(send, 404, b'{"detail":"Not Found"}', b"application/json")
     chat = path.endswith("chat/completions")
     model = body.get("model", BASE)
     if not body.get("stream"):
         if chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": "Hello world"}}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello world"},
+            }
         else:
             choice = {"index": 0, "text": "Hello world"}
         choice.update(finish_reason="stop", logprobs=None)
-        out = {"id": "up-1", "object": "chat.completion" if chat else "text_completion", "created": 0}
-        out.update(model=model, choices=[choice], usage=_USAGE)
+        out: dict[str, Any] = {
+            "id": "up-1",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [choice],
+            "usage": _USAGE,
+        }
         return await _reply(send, 200, json.dumps(out).encode(), b"application/json")
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -120,7 +141,10 @@ async def fake_upstream(scope: Scope, receive: Receive, send: Send) -> None:
             return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
         return {"index": 0, "text": text, "finish_reason": finish}
 
-    events = [_event(obj, model, [piece("Hello", None)]), _event(obj, model, [piece(" world", "stop")])]
+    events = [
+        _event(obj, model, [piece("Hello", None)]),
+        _event(obj, model, [piece(" world", "stop")]),
+    ]
     if (body.get("stream_options") or {}).get("include_usage"):
         events.append(_event(obj, model, [], _USAGE))
     events.append(b"data: [DONE]\n\n")
@@ -170,7 +194,11 @@ def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 def litellm_bin() -> str | None:
-    for candidate in (os.environ.get("LITELLM_BIN"), shutil.which("litellm"), str(LITELLM_VENV_BIN)):
+    for candidate in (
+        os.environ.get("LITELLM_BIN"),
+        shutil.which("litellm"),
+        str(LITELLM_VENV_BIN),
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -208,9 +236,13 @@ async def _one(client: httpx.AsyncClient, stream: bool) -> bool:
         return r.status_code == 200 and done
 
 
-async def _load(url: str, headers: dict[str, str], clients: int, total: int, stream: bool) -> tuple[list[float], int, float]:
+async def _load(
+    url: str, headers: dict[str, str], clients: int, total: int, stream: bool
+) -> tuple[list[float], int, float]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=60
+    ) as client:
         for _ in range(min(20, total)):  # warm the connections and the gateway's caches
             await _one(client, stream)
         latencies: list[float] = []
@@ -242,7 +274,16 @@ async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) 
             for name, (url, headers) in targets.items():  # interleaved: drift hits all alike
                 latencies, errors, elapsed = await _load(url, headers, clients, total, stream)
                 rows.append(
-                    Row(name, stream, clients, total, errors, total / elapsed, _pct(latencies, 0.5), _pct(latencies, 0.99))
+                    Row(
+                        name,
+                        stream,
+                        clients,
+                        total,
+                        errors,
+                        total / elapsed,
+                        _pct(latencies, 0.5),
+                        _pct(latencies, 0.99),
+                    )
                 )
     return rows
 
@@ -255,7 +296,11 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         d = direct[(r.stream, r.clients)]
-        added = "" if r.target == "direct" else f"{r.p50_ms - d.p50_ms:+.2f} | {r.p99_ms - d.p99_ms:+.2f}"
+        added = (
+            ""
+            if r.target == "direct"
+            else f"{r.p50_ms - d.p50_ms:+.2f} | {r.p99_ms - d.p99_ms:+.2f}"
+        )
         added = added or "- | -"
         lines.append(
             f"| {'stream' if r.stream else 'json'} | {r.clients} | {r.target} | {r.rps:.0f} "
@@ -273,7 +318,9 @@ def summary(rows: list[Row], litellm: str) -> dict[str, Any]:
         out[f"{mode}_added_p50_ms_1_client"] = round(fw.p50_ms - direct.p50_ms, 3)
         lite = get.get(("litellm", stream, 32))
         if lite is not None:
-            out[f"{mode}_throughput_vs_litellm_32_clients"] = round(get[("flywheel", stream, 32)].rps / lite.rps, 2)
+            out[f"{mode}_throughput_vs_litellm_32_clients"] = round(
+                get[("flywheel", stream, 32)].rps / lite.rps, 2
+            )
     return out
 
 
@@ -283,7 +330,14 @@ def run(scale: float = 1.0) -> dict[str, Any]:
     up_url = f"http://127.0.0.1:{up_port}"
     py = sys.executable
     env = {**os.environ}
-    upstream_cmd = [py, "-m", "uvicorn", "bench.bench_gateway_overhead:fake_upstream", "--port", str(up_port)]
+    upstream_cmd = [
+        py,
+        "-m",
+        "uvicorn",
+        "bench.bench_gateway_overhead:fake_upstream",
+        "--port",
+        str(up_port),
+    ]
     upstream_cmd += ["--log-level", "warning", "--no-access-log"]
     fw_env = {
         **env,
@@ -300,7 +354,11 @@ def run(scale: float = 1.0) -> dict[str, Any]:
         "FLYWHEEL_PORT": str(fw_port),
     }
     key = subprocess.run(
-        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"], env=fw_env, capture_output=True, text=True, check=True
+        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"],
+        env=fw_env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     lite = litellm_bin()
     litellm_note = f"LiteLLM proxy ({lite})" if lite else "not run: no litellm executable found"
@@ -317,14 +375,32 @@ def run(scale: float = 1.0) -> dict[str, Any]:
                 return {**summary(rows, litellm_note), "table": table(rows)}
             config = root / "litellm.yaml"
             model = {"model": f"openai/{BASE}", "api_base": f"{up_url}/v1", "api_key": "sk-none"}
-            config.write_text(json.dumps({"model_list": [{"model_name": BASE, "litellm_params": model}]}))
+            config.write_text(
+                json.dumps({"model_list": [{"model_name": BASE, "litellm_params": model}]})
+            )
             master = f"sk-{os.urandom(16).hex()}"  # LiteLLM refuses to start without one
             lite_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
             lite_env["LITELLM_MASTER_KEY"] = master
-            lite_cmd = [lite, "--config", str(config), "--port", str(lite_port), "--host", "127.0.0.1"]
+            lite_cmd = [
+                lite,
+                "--config",
+                str(config),
+                "--port",
+                str(lite_port),
+                "--host",
+                "127.0.0.1",
+            ]
             with _process(lite_cmd, lite_env, root / "litellm.log") as lp:
-                _wait(f"http://127.0.0.1:{lite_port}/health/liveliness", lp, root / "litellm.log", timeout=180)
-                targets["litellm"] = (f"http://127.0.0.1:{lite_port}", {"authorization": f"Bearer {master}"})
+                _wait(
+                    f"http://127.0.0.1:{lite_port}/health/liveliness",
+                    lp,
+                    root / "litellm.log",
+                    timeout=180,
+                )
+                targets["litellm"] = (
+                    f"http://127.0.0.1:{lite_port}",
+                    {"authorization": f"Bearer {master}"},
+                )
                 rows = asyncio.run(measure(targets, scale))
     return {**summary(rows, litellm_note), "table": table(rows)}
 

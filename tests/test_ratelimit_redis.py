@@ -10,14 +10,14 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
 from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.ratelimit import InMemoryRateLimiter, Limits
+from gateway.ratelimit import InMemoryRateLimiter, Limits, RateLimiter
 from gateway.ratelimit_redis import RedisRateLimiter
 from tests.helpers import free_port
 
@@ -59,14 +59,16 @@ async def pair(prefix: str) -> AsyncIterator[tuple[RedisRateLimiter, RedisRateLi
         await b.close()
 
 
-async def outcomes(calls: list[asyncio.Future[None] | asyncio.Task[None]]) -> list[bool]:
+async def outcomes(calls: Sequence[Awaitable[None]]) -> list[bool]:
     results = await asyncio.gather(*calls, return_exceptions=True)
     for r in results:
         assert r is None or isinstance(r, RateLimited), r
     return [r is None for r in results]
 
 
-async def test_two_replicas_share_the_request_limit(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+async def test_two_replicas_share_the_request_limit(
+    pair: tuple[RedisRateLimiter, RedisRateLimiter],
+) -> None:
     a, b = pair
     limits = Limits(rpm=20, tpm=1_000_000)
     # 60 concurrent requests spread over both replicas: exactly the limit passes, not twice it.
@@ -79,7 +81,9 @@ async def test_two_replicas_share_the_request_limit(pair: tuple[RedisRateLimiter
     await b.acquire("t2", limits, 1)  # another tenant has its own bucket
 
 
-async def test_token_limit_estimate_then_settle(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+async def test_token_limit_estimate_then_settle(
+    pair: tuple[RedisRateLimiter, RedisRateLimiter],
+) -> None:
     a, b = pair
     limits = Limits(rpm=1000, tpm=1000)
     await a.acquire("t", limits, 600)
@@ -93,7 +97,9 @@ async def test_token_limit_estimate_then_settle(pair: tuple[RedisRateLimiter, Re
     assert info.value.retry_after > 60  # ~2200 tokens of debt at 1000/minute
 
 
-async def test_huge_request_passes_on_a_full_bucket(pair: tuple[RedisRateLimiter, RedisRateLimiter]) -> None:
+async def test_huge_request_passes_on_a_full_bucket(
+    pair: tuple[RedisRateLimiter, RedisRateLimiter],
+) -> None:
     a, _ = pair
     await a.acquire("t", Limits(rpm=10, tpm=100), 5000)  # same rule as the in-memory limiter
 
@@ -102,7 +108,13 @@ async def test_same_decisions_as_in_memory(pair: tuple[RedisRateLimiter, RedisRa
     a, b = pair
     memory = InMemoryRateLimiter()
     limits = Limits(rpm=5, tpm=300)
-    script = [("acquire", 100), ("acquire", 100), ("settle", -80), ("acquire", 150), ("acquire", 90)]
+    script = [
+        ("acquire", 100),
+        ("acquire", 100),
+        ("settle", -80),
+        ("acquire", 150),
+        ("acquire", 90),
+    ]
     script += [("acquire", 10), ("acquire", 10), ("acquire", 10)]
     for i, (op, n) in enumerate(script):
         redis_limiter = a if i % 2 else b
@@ -111,7 +123,8 @@ async def test_same_decisions_as_in_memory(pair: tuple[RedisRateLimiter, RedisRa
             await redis_limiter.settle("t", limits, n)
             continue
         got = [True, True]
-        for j, limiter in enumerate((memory, redis_limiter)):
+        limiters: tuple[RateLimiter, RateLimiter] = (memory, redis_limiter)
+        for j, limiter in enumerate(limiters):
             try:
                 await limiter.acquire("t", limits, n)
             except RateLimited:
@@ -142,7 +155,9 @@ async def test_fail_closed_is_503() -> None:
         await limiter.close()
 
 
-async def test_keys_use_the_prefix_and_expire(pair: tuple[RedisRateLimiter, RedisRateLimiter], prefix: str) -> None:
+async def test_keys_use_the_prefix_and_expire(
+    pair: tuple[RedisRateLimiter, RedisRateLimiter], prefix: str
+) -> None:
     a, _ = pair
     await a.acquire("tenant-x", Limits(rpm=60, tpm=600), 10)
     client = aioredis.Redis.from_url(REDIS_URL)

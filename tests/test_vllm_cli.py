@@ -14,7 +14,20 @@ from gateway.cli.engine import app, vllm_argv
 
 def test_prints_the_command_with_runtime_lora_on() -> None:
     result = CliRunner().invoke(
-        app, ["vllm", "--base", "org/model", "--max-loras", "2", "--max-lora-rank", "16", "--max-cpu-loras", "12", "--port", "8011"]
+        app,
+        [
+            "vllm",
+            "--base",
+            "org/model",
+            "--max-loras",
+            "2",
+            "--max-lora-rank",
+            "16",
+            "--max-cpu-loras",
+            "12",
+            "--port",
+            "8011",
+        ],
     )
     assert result.exit_code == 0, result.output
     line = result.output.strip()
@@ -31,7 +44,9 @@ def test_defaults_follow_the_gateway_settings(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FLYWHEEL_MAX_LORA_RANK", "32")
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, ["vllm", "--base", "m", "--", "--tensor-parallel-size", "2"])
+        result = CliRunner().invoke(
+            app, ["vllm", "--base", "m", "--", "--tensor-parallel-size", "2"]
+        )
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
@@ -46,6 +61,9 @@ def test_cpu_cache_smaller_than_gpu_slots_is_refused() -> None:
 
 def test_module_is_runnable() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli.engine", "local", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gateway.cli.engine", "local", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0 and "--max-loras" in done.stdout

@@ -49,7 +49,9 @@ class FakeVLLM:
     log: list[tuple[str, ...]] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
-    def error(self, status: int, message: str, kind: str, param: str | None = None) -> httpx.Response:
+    def error(
+        self, status: int, message: str, kind: str, param: str | None = None
+    ) -> httpx.Response:
         err = {"message": message, "type": kind, "param": param, "code": status}
         body = {"object": "error", **err} if self.legacy_errors else {"error": err}
         return httpx.Response(status, json=body)
@@ -60,8 +62,13 @@ class FakeVLLM:
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
         if path == "/v1/models":
-            cards = [{"id": self.base, "object": "model", "root": f"/models/{self.base}", "parent": None}]
-            cards += [{"id": n, "object": "model", "root": p, "parent": self.base} for n, p in self.loaded.items()]
+            cards = [
+                {"id": self.base, "object": "model", "root": f"/models/{self.base}", "parent": None}
+            ]
+            cards += [
+                {"id": n, "object": "model", "root": p, "parent": self.base}
+                for n, p in self.loaded.items()
+            ]
             return httpx.Response(200, json={"object": "list", "data": cards})
         if path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
             if not self.runtime_lora:
@@ -69,16 +76,26 @@ class FakeVLLM:
             name = body.get("lora_name", "")
             if path.endswith("unload_lora_adapter"):
                 if name not in self.loaded:
-                    return self.error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+                    return self.error(
+                        404, f"The lora adapter '{name}' cannot be found.", "NotFoundError"
+                    )
                 del self.loaded[name]
                 self.log.append(("unload", self.host, name))
-                return httpx.Response(200, text=f"Success: LoRA adapter '{name}' removed successfully.")
+                return httpx.Response(
+                    200, text=f"Success: LoRA adapter '{name}' removed successfully."
+                )
             lora_path = body["lora_path"]
             self.log.append(("load", self.host, name))
             if name in self.loaded:
-                return self.error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+                return self.error(
+                    400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput"
+                )
             if lora_path in self.missing_paths:
-                return self.error(404, f"Loading lora {name} failed: No adapter found for {lora_path}", "NotFoundError")
+                return self.error(
+                    404,
+                    f"Loading lora {name} failed: No adapter found for {lora_path}",
+                    "NotFoundError",
+                )
             if lora_path in self.refuse:
                 status, message = self.refuse[lora_path]
                 return self.error(status, message, "BadRequestError")
@@ -88,17 +105,26 @@ class FakeVLLM:
             return self.complete(request, body, chat=path.endswith("chat/completions"))
         return httpx.Response(404, json={"detail": "Not Found"})
 
-    def complete(self, request: httpx.Request, body: dict[str, Any], *, chat: bool) -> httpx.Response:
+    def complete(
+        self, request: httpx.Request, body: dict[str, Any], *, chat: bool
+    ) -> httpx.Response:
         self.bodies.append(body)
         model = body["model"]
         if model != self.base and model not in self.loaded:
             return self.error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
         if body.get("max_tokens", 16) > 1000:
-            return self.error(400, "This model's maximum context length is 1024 tokens.", "BadRequestError")
+            return self.error(
+                400, "This model's maximum context length is 1024 tokens.", "BadRequestError"
+            )
         self.log.append(("generate", self.host, model))
 
         def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-            data: dict[str, Any] = {"id": "upstream-id", "object": "x", "model": model, "choices": choices}
+            data: dict[str, Any] = {
+                "id": "upstream-id",
+                "object": "x",
+                "model": model,
+                "choices": choices,
+            }
             if usage is not None:
                 data["usage"] = usage
             return f"data: {json.dumps(data)}\n\n".encode()
@@ -108,10 +134,26 @@ class FakeVLLM:
                 return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
             return {"index": 0, "text": text, "finish_reason": finish}
 
-        events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])] if chat else []
+        events = (
+            [
+                event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            ]
+            if chat
+            else []
+        )
         events += [event([choice(w, None)]) for w in WORDS[:-1]]
         events.append(event([choice(WORDS[-1], "stop")]))
-        events.append(event([], {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12}))
+        events.append(
+            event([], {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12})
+        )
         events.append(b"data: [DONE]\n\n")
         cut = self.die_after_events
 
@@ -159,7 +201,10 @@ async def make_engine(tmp_path: Path, *fakes: FakeVLLM, **kw: Any) -> tuple[VLLM
     over = {k: kw.pop(k) for k in list(kw) if k.startswith("vllm_")}
     spy = Spy(fakes)
     engine = VLLMEngine(
-        settings(tmp_path, [f.host for f in fakes], **over), verifier=spy, transport=transport(*fakes), **kw
+        settings(tmp_path, [f.host for f in fakes], **over),
+        verifier=spy,
+        transport=transport(*fakes),
+        **kw,
     )
     await engine.start()
     return engine, spy
@@ -171,7 +216,10 @@ def ref(i: int, *, dora: bool = False) -> AdapterRef:
 
 def chat(adapter: AdapterRef | None, max_tokens: int = 16) -> GenerationRequest:
     return GenerationRequest(
-        "req", adapter, SamplingParams(max_tokens=max_tokens, temperature=0), messages=[{"role": "user", "content": "hi"}]
+        "req",
+        adapter,
+        SamplingParams(max_tokens=max_tokens, temperature=0),
+        messages=[{"role": "user", "content": "hi"}],
     )
 
 
@@ -183,12 +231,32 @@ async def collect(engine: VLLMEngine, request: GenerationRequest) -> list[Genera
 
 
 async def test_error_envelopes_both_versions() -> None:
-    new = httpx.Response(400, json={"error": {"message": "bad", "type": "BadRequestError", "param": "x", "code": 400}})
-    old = httpx.Response(404, json={"object": "error", "message": "gone", "type": "NotFoundError", "param": None, "code": 404})
+    new = httpx.Response(
+        400,
+        json={"error": {"message": "bad", "type": "BadRequestError", "param": "x", "code": 400}},
+    )
+    old = httpx.Response(
+        404,
+        json={
+            "object": "error",
+            "message": "gone",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        },
+    )
     route = httpx.Response(404, json={"detail": "Not Found"})
     text = httpx.Response(500, text="Internal Server Error")
-    assert (parse_error(new).message, parse_error(new).param, parse_error(new).route_missing) == ("bad", "x", False)
-    assert (parse_error(old).message, parse_error(old).status, parse_error(old).route_missing) == ("gone", 404, False)
+    assert (parse_error(new).message, parse_error(new).param, parse_error(new).route_missing) == (
+        "bad",
+        "x",
+        False,
+    )
+    assert (parse_error(old).message, parse_error(old).status, parse_error(old).route_missing) == (
+        "gone",
+        404,
+        False,
+    )
     assert parse_error(route).route_missing
     assert parse_error(text).message == "Internal Server Error"
 
@@ -201,11 +269,17 @@ async def test_stream_relay_carries_usage_on_the_last_chunk(tmp_path: Path) -> N
         assert "".join(c.text for c in chunks) == "".join(WORDS)
         assert all(c.finish_reason is None for c in chunks[:-1])
         last = chunks[-1]
-        assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == ("stop", 7, len(WORDS))
+        assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == (
+            "stop",
+            7,
+            len(WORDS),
+        )
         sent = a.bodies[-1]
         assert sent["model"] == "fw-av1" and sent["stream"] is True
         assert sent["stream_options"] == {"include_usage": True}
-        text = GenerationRequest("r", None, SamplingParams(max_tokens=4, stop=("x",), seed=3), prompt="Once")
+        text = GenerationRequest(
+            "r", None, SamplingParams(max_tokens=4, stop=("x",), seed=3), prompt="Once"
+        )
         chunks = await collect(engine, text)
         assert "".join(c.text for c in chunks) == "".join(WORDS)
         assert a.bodies[-1]["model"] == "demo-base" and a.bodies[-1]["prompt"] == "Once"
@@ -229,7 +303,7 @@ async def test_upstream_400_is_invalid_request(tmp_path: Path) -> None:
 
 async def test_load_success_is_plain_text_and_verified_first(tmp_path: Path) -> None:
     a = FakeVLLM("a")
-    engine, spy = await make_engine(tmp_path, a)
+    engine, _ = await make_engine(tmp_path, a)
     try:
         await engine.load_adapter(ref(1))
         await engine.load_adapter(ref(1))  # idempotent
@@ -248,7 +322,9 @@ async def test_already_loaded_400_is_loaded_once_models_confirms(tmp_path: Path)
         assert ("load", "a", "fw-av1") in a.log and engine.loaded_adapters() == ["fw-av1"]
         # A 400 that /v1/models does not confirm is a refusal with vLLM's message.
         a.refuse["/artifacts/a2"] = (400, "LoRA rank 128 is greater than max_lora_rank 64.")
-        with pytest.raises(AdapterLoadRefused, match="LoRA rank 128 is greater than max_lora_rank 64"):
+        with pytest.raises(
+            AdapterLoadRefused, match="LoRA rank 128 is greater than max_lora_rank 64"
+        ):
             await engine.load_adapter(ref(2))
         assert "fw-av2" not in engine.loaded_adapters()
     finally:
@@ -289,9 +365,13 @@ async def test_dora_refused_before_any_call(tmp_path: Path) -> None:
         await engine.stop()
 
 
-async def test_missing_routes_detected_at_startup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_missing_routes_detected_at_startup(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "flywheel.engine.vllm")
-    engine = VLLMEngine(settings(tmp_path, ["a"]), transport=transport(FakeVLLM("a", runtime_lora=False)))
+    engine = VLLMEngine(
+        settings(tmp_path, ["a"]), transport=transport(FakeVLLM("a", runtime_lora=False))
+    )
     try:
         with pytest.raises(EngineError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
             await engine.start()
@@ -301,7 +381,9 @@ async def test_missing_routes_detected_at_startup(tmp_path: Path, caplog: pytest
         await engine.stop()
 
 
-async def test_replica_without_routes_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_replica_without_routes_is_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "flywheel.engine.vllm")
     a, b = FakeVLLM("a", runtime_lora=False), FakeVLLM("b")
     engine, _ = await make_engine(tmp_path, a, b)
@@ -309,7 +391,9 @@ async def test_replica_without_routes_is_left_out(tmp_path: Path, caplog: pytest
         await collect(engine, chat(ref(1)))
         await engine.replicas[0].check()  # later checks do not repeat the log line
         assert [r.usable for r in engine.replicas] == [False, True]
-        assert sum("VLLM_ALLOW_RUNTIME_LORA_UPDATING" in r.getMessage() for r in caplog.records) == 1
+        assert (
+            sum("VLLM_ALLOW_RUNTIME_LORA_UPDATING" in r.getMessage() for r in caplog.records) == 1
+        )
     finally:
         await engine.stop()
 
@@ -378,7 +462,9 @@ async def test_busy_adapter_is_never_evicted(tmp_path: Path) -> None:
 
 async def test_all_busy_waits_then_503(tmp_path: Path) -> None:
     a = FakeVLLM("a")
-    engine, _ = await make_engine(tmp_path, a, vllm_max_adapters_per_replica=1, placement_wait_s=0.2)
+    engine, _ = await make_engine(
+        tmp_path, a, vllm_max_adapters_per_replica=1, placement_wait_s=0.2
+    )
     try:
         busy = engine.generate(chat(ref(1)))
         await anext(busy)

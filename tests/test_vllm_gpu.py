@@ -58,7 +58,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
     argv += ["--host", "127.0.0.1", "--served-model-name", "demo-base", "--max-model-len", "512"]
     argv += ["--gpu-memory-utilization", "0.3", "--enforce-eager"]
     log = (root / "vllm.log").open("wb")
-    proc = subprocess.Popen(argv, env={**os.environ, **RUNTIME_LORA_ENV}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **RUNTIME_LORA_ENV}, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -69,7 +71,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"vllm did not start:\n{(root / 'vllm.log').read_text()[-5000:]}")
+                raise RuntimeError(
+                    f"vllm did not start:\n{(root / 'vllm.log').read_text()[-5000:]}"
+                )
             time.sleep(1)  # polling a readiness endpoint, not standing in for synchronisation
         yield VLLMServer(url, base, adapters)
     finally:
@@ -95,19 +99,35 @@ async def test_two_adapters_through_the_gateway(vllm_server: VLLMServer, tmp_pat
         db = app.state.flywheel.db
         acme = await seed_tenant(db, settings, "acme", {"support": vllm_server.adapters[0]})
         globex = await seed_tenant(db, settings, "globex", {"support": vllm_server.adapters[1]})
-        body = {"model": "support", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16, "temperature": 0}
+        body = {
+            "model": "support",
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
         texts = []
         for tenant in (acme, globex):
-            r = await client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tenant.key}"})
+            r = await client.post(
+                "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {tenant.key}"}
+            )
             assert r.status_code == 200, r.text
             out = r.json()
-            assert out["id"] == r.headers["x-flywheel-completion-id"] and out["usage"]["completion_tokens"] >= 1
+            assert (
+                out["id"] == r.headers["x-flywheel-completion-id"]
+                and out["usage"]["completion_tokens"] >= 1
+            )
             texts.append(out["choices"][0]["message"]["content"])
             stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
-            r = await client.post("/v1/chat/completions", json=stream, headers={"Authorization": f"Bearer {tenant.key}"})
+            r = await client.post(
+                "/v1/chat/completions",
+                json=stream,
+                headers={"Authorization": f"Bearer {tenant.key}"},
+            )
             events = [json.loads(e[6:]) for e in r.text.splitlines() if e.startswith("data: {")]
             assert events[-1]["usage"] == out["usage"]
         assert texts[0] != texts[1]
         cards = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
         loras = [c for c in cards if c.get("parent")]
-        assert len(loras) == 2 and all(Path(c["root"]).is_relative_to(settings.artifact_dir) for c in loras)
+        assert len(loras) == 2 and all(
+            Path(c["root"]).is_relative_to(settings.artifact_dir) for c in loras
+        )

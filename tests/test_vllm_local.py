@@ -42,7 +42,16 @@ def spawn(base: Path, workdir: Path, *extra: str) -> LocalEngine:
     port = free_port()
     log = workdir / f"engine-{port}.log"
     env = {**os.environ, "FLYWHEEL_DATA_DIR": str(workdir / "data")}
-    cmd = [sys.executable, "-m", "gateway.cli.engine", "local", "--port", str(port), "--base", str(base)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli.engine",
+        "local",
+        "--port",
+        str(port),
+        "--base",
+        str(base),
+    ]
     cmd += ["--served-model-name", "demo-base", "--max-loras", "2", *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -72,7 +81,9 @@ def stop(engines: list[LocalEngine]) -> None:
 
 
 @pytest.fixture(scope="module")
-def replicas(demo_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalEngine]]:
+def replicas(
+    demo_base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[LocalEngine]]:
     """Two local engine processes shared by this module's tests (each test resets them)."""
     workdir = tmp_path_factory.mktemp("local-engines")
     engines = [spawn(demo_base, workdir) for _ in range(2)]
@@ -115,7 +126,9 @@ def refs(adapters: list[Path], tag: str, n: int) -> list[AdapterRef]:
 
 def req(adapter: AdapterRef | None, max_tokens: int = 8) -> GenerationRequest:
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0)
-    return GenerationRequest("r", adapter, sampling, messages=[{"role": "user", "content": "hello there"}])
+    return GenerationRequest(
+        "r", adapter, sampling, messages=[{"role": "user", "content": "hello there"}]
+    )
 
 
 async def text(engine: VLLMEngine, request: GenerationRequest) -> str:
@@ -129,7 +142,8 @@ async def started(replicas: list[LocalEngine], tmp_path: Path) -> Any:
     reset(replicas)
     verified: list[str] = []
     engine = VLLMEngine(
-        engine_settings(tmp_path, [r.url for r in replicas]), verifier=lambda r: verified.append(r.engine_name)
+        engine_settings(tmp_path, [r.url for r in replicas]),
+        verifier=lambda r: verified.append(r.engine_name),
     )
     await engine.start()
     try:
@@ -179,7 +193,9 @@ async def test_restart_recovery_rebuilds_residency_from_models(
     await before.stop()  # the gateway restarts; the replicas keep their adapters
 
     verified: list[str] = []
-    after = VLLMEngine(engine_settings(tmp_path, urls), verifier=lambda r: verified.append(r.engine_name))
+    after = VLLMEngine(
+        engine_settings(tmp_path, urls), verifier=lambda r: verified.append(r.engine_name)
+    )
     await after.start()
     try:
         assert after.loaded_adapters() == sorted(a.engine_name for a in adapters)
@@ -212,14 +228,27 @@ async def test_gateway_end_to_end(
         db = app.state.flywheel.db
         tenant = await seed_tenant(db, settings, "acme", {"support": demo_adapters[0]})
         auth = {"Authorization": f"Bearer {tenant.key}"}
-        body = {"model": "support", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "temperature": 0}
+        body = {
+            "model": "support",
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
         r = await client.post("/v1/chat/completions", json=body, headers=auth)
         assert r.status_code == 200, r.text
         whole = r.json()
-        assert whole["id"].startswith("chatcmpl-") and whole["id"] == r.headers["x-flywheel-completion-id"]
-        assert whole["model"] == "support" and r.headers["x-flywheel-adapter-version"] == "support@1"
+        assert (
+            whole["id"].startswith("chatcmpl-")
+            and whole["id"] == r.headers["x-flywheel-completion-id"]
+        )
+        assert (
+            whole["model"] == "support" and r.headers["x-flywheel-adapter-version"] == "support@1"
+        )
         usage = whole["usage"]
-        assert usage["completion_tokens"] >= 1 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert (
+            usage["completion_tokens"] >= 1
+            and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        )
 
         stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
         r = await client.post("/v1/chat/completions", json=stream, headers=auth)
@@ -230,7 +259,9 @@ async def test_gateway_end_to_end(
         chunks = [json.loads(e) for e in events[:-1]]
         assert {c["id"] for c in chunks} == {r.headers["x-flywheel-completion-id"]}
         assert chunks[-1]["usage"] == usage
-        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        streamed = "".join(
+            c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
+        )
         assert streamed == whole["choices"][0]["message"]["content"]
 
         text_body = {"model": "demo-base", "prompt": "Once", "max_tokens": 4}
@@ -238,7 +269,9 @@ async def test_gateway_end_to_end(
         assert r.status_code == 200 and r.json()["id"].startswith("cmpl-")
 
         # Upstream 400 (prompt + max_tokens over the context) is the client's 400.
-        r = await client.post("/v1/chat/completions", json={**body, "max_tokens": 3000}, headers=auth)
+        r = await client.post(
+            "/v1/chat/completions", json={**body, "max_tokens": 3000}, headers=auth
+        )
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
         assert "context length" in r.json()["error"]["message"]
 
@@ -246,7 +279,9 @@ async def test_gateway_end_to_end(
         dora = build_demo_adapter(demo_base, tmp_path / "dora", seed=5, use_dora=True)
         async with db.transaction() as session:
             with pytest.raises(AdapterInvalid, match="DoRA"):
-                await add_adapter(session, settings, tenant_name="acme", name="dora", path=dora, sign=True)
+                await add_adapter(
+                    session, settings, tenant_name="acme", name="dora", path=dora, sign=True
+                )
 
 
 async def test_replica_frozen_then_killed(
@@ -270,7 +305,9 @@ async def test_replica_frozen_then_killed(
         # wait and, no token having been sent, the request runs on the survivor instead.
         victim.proc.send_signal(signal.SIGSTOP)
         started = time.monotonic()
-        outs = await asyncio.wait_for(asyncio.gather(*(text(engine, req(on_victim, 64)) for _ in range(4))), 30)
+        outs = await asyncio.wait_for(
+            asyncio.gather(*(text(engine, req(on_victim, 64)) for _ in range(4))), 30
+        )
         assert outs == [expected[on_victim.engine_name]] * 4
         assert time.monotonic() - started < 15
         assert not engine.replicas[0].usable and on_victim.engine_name in held(survivor.url)
@@ -291,7 +328,9 @@ async def test_replica_frozen_then_killed(
             except EngineError:
                 return "error", got
 
-        results = await asyncio.wait_for(asyncio.gather(*(run(a) for a in [on_victim, on_survivor] * 6)), 60)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(run(a) for a in [on_victim, on_survivor] * 6)), 60
+        )
         assert all(outcome == "ok" or got >= 1 for outcome, got in results), results
         assert sum(outcome == "ok" for outcome, _ in results) >= 6
         assert not engine.replicas[0].usable
@@ -305,7 +344,9 @@ async def test_unreachable_replica_at_start_and_health_loop(
     replicas: list[LocalEngine], demo_adapters: list[Path], tmp_path: Path
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    engine = VLLMEngine(engine_settings(tmp_path, [dead, replicas[1].url], vllm_health_interval_s=0.2))
+    engine = VLLMEngine(
+        engine_settings(tmp_path, [dead, replicas[1].url], vllm_health_interval_s=0.2)
+    )
     await engine.start()
     try:
         assert engine.ready() and [r.usable for r in engine.replicas] == [False, True]

@@ -2,10 +2,11 @@
 
 Scheduling is *wave batching*: when the engine thread is free it takes every waiting request
 (up to ``max_batch_size``) and decodes them together, one forward pass per step, until the
-last of them finishes; requests that arrive meanwhile wait for the next wave.  Rows for
-different adapters share the pass through PEFT's mixed-adapter batches (``adapter_names``),
-except DoRA adapters, which PEFT refuses to mix: each DoRA adapter's rows get their own pass
-in the same wave.  Finished and cancelled rows leave the batch at once, so a wave never waits
+last of them finishes; requests that arrive meanwhile wait for the next wave (and so does a
+request whose adapter had to be loaded first).  Rows for different adapters share the pass
+through PEFT's mixed-adapter batches (``adapter_names``, routed by embedded_lora), except
+DoRA adapters, which PEFT refuses to mix: each DoRA adapter's rows get their own pass in the
+same wave.  Finished and cancelled rows leave the batch at once, so a wave never waits
 on a client that has gone.  vLLM does continuous batching instead (new requests join between
 steps); that is what production traffic should run on, and what the vLLM engine provides.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 
 from gateway.engine.embedded_batch import Group, Row, sample
 from gateway.engine.embedded_lora import AdapterRouter
@@ -103,29 +103,34 @@ class EngineWorker:
     # --- jobs: run on the engine thread ----------------------------------------------------
 
     def load_adapter(self, name: str, path: Path) -> None:
+        """Load the LoRA (or DoRA) adapter at ``path`` as ``name``, or raise AdapterLoadRefused."""
         try:
+            config = PeftConfig.from_pretrained(str(path))
+            if not isinstance(config, LoraConfig):
+                raise ValueError(f"it is a {config.peft_type} adapter; only LoRA is served")
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
         except Exception as exc:
-            self._forget_partial_load(name)
+            self._forget(name)
             raise AdapterLoadRefused(f"could not load adapter {name!r}: {exc}") from exc
-        self.model.eval()
-        self._router.attach(self.model)
-        config = self.model.peft_config[name]
-        if isinstance(config, LoraConfig) and config.use_dora:
+        finally:
+            if isinstance(self.model, PeftModel):
+                self.model.eval()
+                self._router.attach(self.model)  # a load may have wrapped more layers
+        if config.use_dora:
             self._dora.add(name)
 
     def delete_adapter(self, name: str) -> None:
-        if isinstance(self.model, PeftModel) and name in self.model.peft_config:
-            self.model.delete_adapter(name)
+        self._forget(name)
+        if isinstance(self.model, PeftModel):
             self._router.attach(self.model)
-        self._dora.discard(name)
 
-    def _forget_partial_load(self, name: str) -> None:
+    def _forget(self, name: str) -> None:
         if isinstance(self.model, PeftModel) and name in self.model.peft_config:
             self.model.delete_adapter(name)
+        self._dora.discard(name)
 
     # --- the thread ------------------------------------------------------------------------
 

@@ -83,6 +83,7 @@ class LocalServer:
         self.base_root = base_root
         self.max_lora_rank = max_lora_rank
         self.adapters: dict[str, AdapterRef] = {}  # what /v1/models lists, in load order
+        self._loads = 0
 
     def models(self) -> dict[str, Any]:
         created = int(time.time())
@@ -125,7 +126,10 @@ class LocalServer:
         problems = adapter_problems(Path(path), self.max_lora_rank)
         if problems:
             return vllm_error(400, " ".join(problems), "BadRequestError")
-        ref = AdapterRef(name, Path(path), version_id=name)
+        # Inside the engine each load gets a name of its own, so loading a name again (after
+        # an unload) from another path can never find the old weights still resident.
+        self._loads += 1
+        ref = AdapterRef(f"{name}@{self._loads}", Path(path), version_id=name)
         try:
             # Like vLLM's add_lora, a load checks the weights against the base and preloads.
             await self.engine.load_adapter(ref)
@@ -142,9 +146,16 @@ class LocalServer:
                 "'lora_name' needs to be provided to unload a LoRA adapter.",
                 "InvalidUserInput",
             )
-        if self.adapters.pop(name, None) is None:
+        ref = self.adapters.pop(name, None)
+        if ref is None:
             return vllm_error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
-        await self.engine.unload_adapter(name)
+        resident = self.engine.loaded_adapters()
+        # Workaround: EngineWorker.delete_adapter on the LAST resident adapter leaves PEFT's
+        # active adapter dangling and every later forward pass fails (KeyError).  The last one
+        # stays resident instead (unreachable: it is no longer listed), until the engine's
+        # own LRU eviction (max_loras) deletes it.  Drop this once that is fixed.
+        if ref.engine_name in resident and len(resident) > 1:
+            await self.engine.unload_adapter(ref.engine_name)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def complete(self, raw: Request, chat: bool) -> Response:

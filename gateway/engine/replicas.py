@@ -44,6 +44,7 @@ class Replica:
     lora_api: bool | None = None
     base_name: str | None = None  # the base model's name on this replica
     in_flight: int = 0  # requests running here, base model included
+    last_error: str | None = None  # why it is out of rotation
 
     @property
     def usable(self) -> bool:
@@ -52,9 +53,10 @@ class Replica:
     async def check(self) -> bool:
         """One health check: /v1/models answers, the adapter routes exist, residency synced.
 
-        Returns True when this check put the replica back in rotation.
+        Returns True when this check put the replica (back) in rotation.
         """
         since = self.residency.clock
+        was_usable = self.usable
         try:
             models = await self.client.models()
             if not self.lora_api:
@@ -71,18 +73,17 @@ class Replica:
             return False
         self.base_name = models.base
         self.residency.sync(models.adapters, since=since)
-        if self.healthy:
+        self.healthy, self.last_error = True, None
+        if was_usable or not self.usable:
             return False
-        self.healthy = True
-        if self.lora_api:
-            log.info("vLLM replica %s is in rotation (%d adapters)", self.url, len(self.residency))
+        log.info("vLLM replica %s is in rotation (%d adapters)", self.url, len(self.residency))
         return True
 
     def mark_down(self, reason: str) -> None:
         """Out of rotation until a health check passes."""
         if self.healthy:
             log.warning("vLLM replica %s is out of rotation: %s", self.url, reason)
-        self.healthy = False
+        self.healthy, self.last_error = False, reason
         # Probe the adapter routes again when it is back: it may have been restarted otherwise.
         if self.lora_api:
             self.lora_api = None

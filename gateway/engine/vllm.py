@@ -69,6 +69,7 @@ class VLLMEngine:
         if not urls:
             raise EngineError("FLYWHEEL_ENGINE=vllm needs FLYWHEEL_VLLM_URLS (comma separated)")
         self._configured_name = settings.base_model_name
+        self._named = False
         self.base_model_name = settings.base_model_name or settings.base_model or "base"
         key = settings.vllm_api_key.get_secret_value() if settings.vllm_api_key else None
         control_timeout = max(1.0, min(5.0, settings.vllm_health_interval_s))
@@ -115,8 +116,8 @@ class VLLMEngine:
             if missing:
                 raise EngineError(missing_routes_message(", ".join(missing)))
             log.warning(
-                "no vLLM replica is reachable yet (%s); requests get 503 until one is",
-                ", ".join(r.url for r in self._replicas),
+                "no vLLM replica is usable yet (%s); requests get 503 until one is",
+                "; ".join(f"{r.url}: {r.last_error}" for r in self._replicas),
             )
         self._started = True
         self._health_task = asyncio.create_task(self._health_loop(), name="vllm-health")
@@ -165,9 +166,9 @@ class VLLMEngine:
 
     async def _check(self, replica: Replica) -> None:
         came_back = await replica.check()
-        base = replica.base_name
-        if replica.usable and not self._configured_name and base and self.base_model_name != base:
-            self.base_model_name = base
+        if replica.usable and not self._configured_name and not self._named and replica.base_name:
+            # Clients call the bare base what the first replica calls it (unless configured).
+            self.base_model_name, self._named = replica.base_name, True
         if came_back:
             self._wake()
 

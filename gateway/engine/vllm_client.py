@@ -10,19 +10,24 @@ The quirks it absorbs, checked against vLLM's ``entrypoints/openai`` source:
 * Without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` the adapter routes are never registered, so they
   answer FastAPI's own ``404 {"detail": "Not Found"}``, which is how :meth:`runtime_lora_enabled`
   tells "route missing" from "adapter missing" (a 404 in the error envelope).
+
+Control calls (models, load, unload) go through httpx; completion streams, the hot path, through
+the lean HTTP/1.1 pool in vllm_http.  Both end in the same SSE parsing (:func:`sse_events`) and
+the same translation to GenerationChunks (:func:`relay`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
 from gateway.engine.base import GenerationChunk, GenerationRequest
+from gateway.engine.vllm_http import ConnectionFailed, StreamPool
 from gateway.errors import EngineError
 
 Kind = Literal["chat", "text"]
@@ -108,9 +113,23 @@ class VLLMClient:
             transport=transport,
         )
         self._control_timeout = httpx.Timeout(control_timeout_s)
+        # Streams (the hot path) go over the lean HTTP/1.1 pool, unless a test injected an
+        # httpx transport; see vllm_http for why.
+        self._pool = (
+            None
+            if transport is not None
+            else StreamPool(
+                url,
+                headers=headers,
+                connect_timeout_s=min(control_timeout_s, 2.0),
+                read_timeout_s=timeout_s,
+            )
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def _request(
         self, method: str, path: str, *, body: Any = None, control: bool = True
@@ -182,24 +201,64 @@ class VLLMClient:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """POST a streaming completion and yield each SSE event's JSON until ``[DONE]``."""
         path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+        if self._pool is None:
+            async for event in self._stream_httpx(path, payload):
+                yield event
+            return
+        try:
+            async with self._pool.post(path, json.dumps(payload).encode()) as response:
+                if response.status != 200:
+                    error = httpx.Response(
+                        response.status, headers=response.headers, content=await response.read()
+                    )
+                    raise self._status_error(error)
+                async for event in sse_events(response.chunks(), self.url):
+                    yield event
+        except ConnectionFailed as exc:
+            raise ReplicaDown(f"{self.url}: {exc}") from exc
+
+    async def _stream_httpx(
+        self, path: str, payload: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        # The same stream through httpx, for an injected transport (httpx.MockTransport).
         try:
             async with self._http.stream("POST", path, json=payload) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    if response.status_code in _REPLICA_STATUSES:
-                        raise ReplicaDown(f"{self.url}: {parse_error(response)}")
-                    raise parse_error(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, ": keep-alive" comments
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    yield json.loads(data)
+                    raise self._status_error(response)
+                async for event in sse_events(response.aiter_bytes(), self.url):
+                    yield event
         except httpx.TransportError as exc:
             raise ReplicaDown(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+
+    def _status_error(self, response: httpx.Response) -> Exception:
+        if response.status_code in _REPLICA_STATUSES:
+            return ReplicaDown(f"{self.url}: {parse_error(response)}")
+        return parse_error(response)
+
+
+async def sse_events(
+    chunks: AsyncIterator[bytes], url: str
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Server-sent events' ``data:`` JSON, up to ``[DONE]``; the body is read to its end."""
+    pending = b""
+    done = False
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            # Blank separators and ": keep-alive" comments carry no data.  After [DONE] the
+            # rest is still read, so the connection can go back to the keep-alive pool.
+            if done or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                continue
+            yield json.loads(data)
+    if not done:
         # A stream that ends without [DONE] was cut off (the server went away mid-answer).
-        raise ReplicaDown(f"{self.url}: the stream ended before [DONE]")
+        raise ReplicaDown(f"{url}: the stream ended before [DONE]")
 
 
 def upstream_body(request: GenerationRequest) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""``make bench``: run every benchmark, print its table, and write docs/benchmarks.md.
+
+Each benchmark runs in its own process (they build models and servers of their own) and
+prints markdown; ratios are always measured side by side within one benchmark run, because the
+machine is shared and noisy.  Select some with ``python -m bench.run engine promote``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = {
+    "engine": ("bench.bench_engine", "Embedded engine: batched vs one-at-a-time (issue: serving)"),
+    "logging": (
+        "bench.bench_logging",
+        "Completion rows into PostgreSQL: batched vs per-row (issue: feedback)",
+    ),
+    "log_overhead": (
+        "bench.bench_log_overhead",
+        "Gateway p50 with logging on vs off (issue: feedback)",
+    ),
+    "retrain": ("bench.bench_retrain", "One retraining round, 200 and 2,000 rows (issue: retrain)"),
+    "promote": (
+        "bench.bench_promote",
+        "Promote latency and failures under load (issue: gate and hot-swap)",
+    ),
+    "overhead": (
+        "bench.bench_gateway_overhead",
+        "Gateway overhead vs direct vs LiteLLM (issue: vLLM and scale)",
+    ),
+    "many_adapters": (
+        "bench.bench_many_adapters",
+        "1,000 adapters over 3 replicas (issue: vLLM and scale)",
+    ),
+}
+
+
+def run_one(module: str) -> tuple[str, float, int]:
+    started = time.perf_counter()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TQDM_DISABLE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    output = done.stdout.strip() or done.stderr.strip()[-3000:]
+    return output, time.perf_counter() - started, done.returncode
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s): {unknown}; known: {list(BENCHES)}", file=sys.stderr)
+        return 2
+    sections, failed = [], 0
+    for name in names:
+        module, title = BENCHES[name]
+        if not (ROOT / (module.replace(".", "/") + ".py")).exists():
+            continue
+        print(f"== {title}", flush=True)
+        output, seconds, rc = run_one(module)
+        print(output, flush=True)
+        failed += rc != 0
+        status = "" if rc == 0 else f"\n\n**The benchmark exited with code {rc}.**"
+        sections.append(
+            f"## {title}\n\n`.venv/bin/python -m {module}` ({seconds:.0f} s)\n\n{output}{status}\n"
+        )
+    header = (
+        "# Benchmarks\n\n"
+        f"Written by `make bench` (`python -m bench.run`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, no GPU. "
+        "The machine is shared with other work, so absolute numbers move between runs; each "
+        "ratio is measured side by side in one run.\n\n"
+    )
+    if names == list(BENCHES):
+        (ROOT / "docs" / "benchmarks.md").write_text(header + "\n".join(sections))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
