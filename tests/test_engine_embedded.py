@@ -279,6 +279,25 @@ async def test_refused_adapter_is_not_loaded(demo_base: Path, loras: list[Adapte
         await engine.stop()
 
 
+async def test_unloading_the_last_adapter_leaves_the_base_serving(
+    demo_base: Path, loras: list[AdapterRef]
+) -> None:
+    engine = EmbeddedEngine(demo_base, base_model_name="demo")
+    await engine.start()
+    try:
+        before = (await collect(engine, request(None))).text
+        await engine.load_adapter(loras[0])
+        tuned = (await collect(engine, request(loras[0]))).text
+        await engine.unload_adapter("lora-0")
+        assert engine.loaded_adapters() == []
+        assert (await collect(engine, request(None))).text == before
+        # Loading again after the base was unwrapped gives the same adapter the same output.
+        await engine.load_adapter(loras[0])
+        assert (await collect(engine, request(loras[0]))).text == tuned
+    finally:
+        await engine.stop()
+
+
 async def test_unloadable_directory_is_refused(engine: EmbeddedEngine, tmp_path: Path) -> None:
     with pytest.raises(AdapterLoadRefused):
         await engine.load_adapter(ref(tmp_path, "empty"))

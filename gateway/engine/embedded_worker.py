@@ -130,6 +130,12 @@ class EngineWorker:
     def _forget(self, name: str) -> None:
         if isinstance(self.model, PeftModel) and name in self.model.peft_config:
             self.model.delete_adapter(name)
+            if not self.model.peft_config:
+                # PEFT keeps the deleted last adapter as the PeftModel's active one, and every
+                # later forward pass fails with KeyError: unwrap back to the bare base instead
+                # (unload() removes the LoRA layers without merging them).
+                self._router.detach()
+                self.model = self.model.unload()
         self._dora.discard(name)
 
     # --- the thread ------------------------------------------------------------------------

@@ -149,13 +149,7 @@ class LocalServer:
         ref = self.adapters.pop(name, None)
         if ref is None:
             return vllm_error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
-        resident = self.engine.loaded_adapters()
-        # Workaround: EngineWorker.delete_adapter on the LAST resident adapter leaves PEFT's
-        # active adapter dangling and every later forward pass fails (KeyError).  The last one
-        # stays resident instead (unreachable: it is no longer listed), until the engine's
-        # own LRU eviction (max_loras) deletes it.  Drop this once that is fixed.
-        if ref.engine_name in resident and len(resident) > 1:
-            await self.engine.unload_adapter(ref.engine_name)
+        await self.engine.unload_adapter(ref.engine_name)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def complete(self, raw: Request, chat: bool) -> Response:
