@@ -65,7 +65,7 @@ def build_tokenizer(dest: Path, vocab_size: int = 512) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<|bos|>",
         eos_token="<|end|>",
@@ -153,7 +153,7 @@ def build_demo_adapter(
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, scale)
-    model.save_pretrained(dest)
+    model.save_pretrained(str(dest))
     # Record a portable base reference rather than this machine's absolute path.
     cfg_path = dest / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())

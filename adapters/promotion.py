@@ -64,7 +64,7 @@ class Promoter:
         self.engine = engine
         self.probe_timeout_s = probe_timeout_s
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._drains: set[asyncio.Task[None]] = set()
+        self._drains: dict[str, asyncio.Task[None]] = {}  # engine name -> pending unload
 
     async def promote(
         self, tenant: str, adapter: str, version: int, *, actor: str, reason: str = ""
@@ -115,6 +115,10 @@ class Promoter:
         started = loop.time()
         async with self._locks[adapter.id]:
             ref = adapter_ref(target)
+            # Going back to a version whose drain has not finished: it stays loaded.
+            pending = self._drains.pop(ref.engine_name, None)
+            if pending is not None:
+                pending.cancel()
             await self.engine.load_adapter(ref)
             await self._probe(ref)
             async with self.db.transaction() as session:
@@ -194,9 +198,14 @@ class Promoter:
                 )
 
         task = asyncio.get_running_loop().create_task(unload())
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drains[old.engine_name] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._drains.get(old.engine_name) is done:
+                del self._drains[old.engine_name]
+
+        task.add_done_callback(forget)
 
     async def wait_drained(self) -> None:
         if self._drains:
-            await asyncio.gather(*self._drains, return_exceptions=True)
+            await asyncio.gather(*self._drains.values(), return_exceptions=True)

@@ -37,7 +37,9 @@ def demo_adapters(demo_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 # FLYWHEEL_TEST_DATABASE_URL, or a fresh database created (and dropped) on the local server at
 # 127.0.0.1:5432.  In CI (CI=true) a missing PostgreSQL is an error, never a skip.
 
-PG_ADMIN_URL = os.environ.get("FLYWHEEL_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "FLYWHEEL_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 async def _pg_admin(sql: str) -> None:

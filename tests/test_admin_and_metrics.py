@@ -31,11 +31,18 @@ class Env:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def env(fresh_database_url: str, demo_base: Path, demo_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+async def env(
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Env]:
     settings = make_settings(tmp_path_factory.mktemp("admin"), fresh_database_url, demo_base)
     app = create_app(settings)
     async with running_app(app) as client:
-        t = await seed_tenant(app.state.flywheel.db, settings, "metered", {"support": demo_adapters[0]})
+        t = await seed_tenant(
+            app.state.flywheel.db, settings, "metered", {"support": demo_adapters[0]}
+        )
         yield Env(app, client, t, {"Authorization": f"Bearer {local_admin_token(settings)}"})
 
 
@@ -53,7 +60,11 @@ async def test_admin_refuses_tenant_keys_and_bad_tokens(env: Env) -> None:
     routes = admin_routes(env.app)
     assert len(routes) >= 15
     for method, path in routes:
-        for headers in ({}, {"Authorization": f"Bearer {env.tenant.key}"}, {"Authorization": "Bearer fwadm-nope"}):
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {env.tenant.key}"},
+            {"Authorization": "Bearer fwadm-nope"},
+        ):
             r = await env.client.request(method, path, headers=headers, json={})
             assert r.status_code == 401, (method, path, r.status_code)
             assert r.json()["error"]["type"] == "authentication_error"
@@ -64,20 +75,33 @@ async def test_admin_actions_are_audited(env: Env) -> None:
     r = await c.post("/admin/tenants", json={"name": "via-admin", "rpm_limit": 5}, headers=h)
     assert r.status_code == 201 and r.json()["api_key"].startswith("fw-")
     key_id = r.json()["key_id"]
-    assert (await c.patch("/admin/tenants/via-admin", json={"tpm_limit": 1000}, headers=h)).json()["tpm_limit"] == 1000
-    assert (await c.post("/admin/tenants/via-admin/keys/rotate", headers=h)).json()["revoked"] == [key_id]
+    assert (await c.patch("/admin/tenants/via-admin", json={"tpm_limit": 1000}, headers=h)).json()[
+        "tpm_limit"
+    ] == 1000
+    assert (await c.post("/admin/tenants/via-admin/keys/rotate", headers=h)).json()["revoked"] == [
+        key_id
+    ]
     new = (await c.post("/admin/tenants/via-admin/keys", headers=h)).json()
     assert (await c.delete(f"/admin/keys/{new['id']}", headers=h)).json()["revoked_at"]
     assert (await c.get("/admin/tenants", headers=h)).status_code == 200
-    assert any(a["adapter"] == "support" for a in (await c.get("/admin/adapters?tenant=metered", headers=h)).json())
-    assert (await c.post("/admin/adapters/metered/support/versions/1/verify", headers=h)).json()["verified"]
+    assert any(
+        a["adapter"] == "support"
+        for a in (await c.get("/admin/adapters?tenant=metered", headers=h)).json()
+    )
+    assert (await c.post("/admin/adapters/metered/support/versions/1/verify", headers=h)).json()[
+        "verified"
+    ]
     stats = (await c.get("/admin/feedback/stats?tenant=metered", headers=h)).json()
     assert set(stats) >= {"completions", "up", "down", "edits"}
     bad = await c.patch("/admin/tenants/via-admin", json={"rpm_limit": "lots"}, headers=h)
     assert bad.status_code == 400
     async with env.app.state.flywheel.db.session() as s:
-        actions = list(await s.scalars(select(AuditEvent.action).where(AuditEvent.actor.like("admin:%"))))
-    assert {"tenant.create", "tenant.update", "key.rotate", "key.create", "key.revoke"} <= set(actions)
+        actions = list(
+            await s.scalars(select(AuditEvent.action).where(AuditEvent.actor.like("admin:%")))
+        )
+    assert {"tenant.create", "tenant.update", "key.rotate", "key.create", "key.revoke"} <= set(
+        actions
+    )
     audit = (await c.get("/admin/audit", headers=h)).json()
     assert audit[0]["remote_addr"] is not None
 
@@ -100,17 +124,35 @@ def sample(text: str, name: str, **labels: str) -> float:
 async def test_metrics_move_with_openai_traffic(env: Env) -> None:
     before = (await env.client.get("/metrics")).text
     transport = httpx.ASGITransport(app=env.app)
-    oa = openai.AsyncOpenAI(base_url="http://flywheel/v1", api_key=env.tenant.key, http_client=httpx.AsyncClient(transport=transport))
+    oa = openai.AsyncOpenAI(
+        base_url="http://flywheel/v1",
+        api_key=env.tenant.key,
+        http_client=httpx.AsyncClient(transport=transport),
+    )
     for _ in range(3):
-        await oa.chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    stream = await oa.chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True)
+        await oa.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+    stream = await oa.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
     async for _ in stream:
         pass
     after = (await env.client.get("/metrics")).text
     labels = {"tenant": env.tenant.id, "adapter": "support@1"}
-    assert sample(after, "flywheel_requests_total", status="ok", **labels) - sample(before, "flywheel_requests_total", status="ok", **labels) == 4
-    assert sample(after, "flywheel_request_duration_seconds_count", **labels) - sample(before, "flywheel_request_duration_seconds_count", **labels) == 4
-    assert sample(after, "flywheel_tokens_total", direction="out", **labels) > sample(before, "flywheel_tokens_total", direction="out", **labels)
+    assert (
+        sample(after, "flywheel_requests_total", status="ok", **labels)
+        - sample(before, "flywheel_requests_total", status="ok", **labels)
+        == 4
+    )
+    assert (
+        sample(after, "flywheel_request_duration_seconds_count", **labels)
+        - sample(before, "flywheel_request_duration_seconds_count", **labels)
+        == 4
+    )
+    assert sample(after, "flywheel_tokens_total", direction="out", **labels) > sample(
+        before, "flywheel_tokens_total", direction="out", **labels
+    )
     assert sample(after, "flywheel_time_to_first_token_seconds_count", **labels) >= 4
     assert sample(after, "flywheel_gateway_overhead_seconds_count") >= 4
     assert sample(after, "flywheel_adapters_resident", replica="embedded") >= 1
@@ -136,21 +178,48 @@ def test_metric_names_match_deploy_list() -> None:
 
 
 async def test_feedback_metric(env: Env) -> None:
-    before = sample((await env.client.get("/metrics")).text, "flywheel_feedback_total", tenant=env.tenant.id, kind="up")
+    before = sample(
+        (await env.client.get("/metrics")).text,
+        "flywheel_feedback_total",
+        tenant=env.tenant.id,
+        kind="up",
+    )
     key = {"Authorization": f"Bearer {env.tenant.key}"}
-    r = await env.client.post("/v1/chat/completions", json={"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, headers=key)
-    fb = await env.client.post("/v1/feedback", json={"completion_id": r.json()["id"], "rating": "up"}, headers=key)
+    r = await env.client.post(
+        "/v1/chat/completions",
+        json={"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+        headers=key,
+    )
+    fb = await env.client.post(
+        "/v1/feedback", json={"completion_id": r.json()["id"], "rating": "up"}, headers=key
+    )
     assert fb.status_code == 200
-    after = sample((await env.client.get("/metrics")).text, "flywheel_feedback_total", tenant=env.tenant.id, kind="up")
+    after = sample(
+        (await env.client.get("/metrics")).text,
+        "flywheel_feedback_total",
+        tenant=env.tenant.id,
+        kind="up",
+    )
     assert after - before == 1
 
 
 async def test_forget_end_user(env: Env) -> None:
     key = {"Authorization": f"Bearer {env.tenant.key}"}
-    body = {"model": "support", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "user": "alice"}
+    body = {
+        "model": "support",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 2,
+        "user": "alice",
+    }
     r = await env.client.post("/v1/chat/completions", json=body, headers=key)
-    await env.client.post("/v1/feedback", json={"completion_id": r.json()["id"], "rating": "down", "end_user": "alice"}, headers=key)
-    gone = await env.client.post("/admin/feedback/forget", json={"tenant": "metered", "end_user": "alice"}, headers=env.admin)
+    await env.client.post(
+        "/v1/feedback",
+        json={"completion_id": r.json()["id"], "rating": "down", "end_user": "alice"},
+        headers=key,
+    )
+    gone = await env.client.post(
+        "/admin/feedback/forget", json={"tenant": "metered", "end_user": "alice"}, headers=env.admin
+    )
     assert gone.status_code == 200, gone.text
     assert gone.json()["completions"] >= 1 and gone.json()["feedback"] >= 1
     left = await env.client.get(f"/v1/feedback?completion_id={r.json()['id']}", headers=key)

@@ -40,12 +40,21 @@ async def gw(
     async with running_app(app) as client:
         db = app.state.flywheel.db
         a = await seed_tenant(db, settings, "acme", {"support": demo_adapters[0]})
-        b = await seed_tenant(db, settings, "globex", {"support": demo_adapters[1], "sales": demo_adapters[2]})
+        b = await seed_tenant(
+            db, settings, "globex", {"support": demo_adapters[1], "sales": demo_adapters[2]}
+        )
         # a second version for acme's adapter, to pin
         from gateway.services.adapters import add_adapter
 
         async with db.transaction() as session:
-            await add_adapter(session, settings, tenant_name="acme", name="support", path=demo_adapters[3], sign=True)
+            await add_adapter(
+                session,
+                settings,
+                tenant_name="acme",
+                name="support",
+                path=demo_adapters[3],
+                sign=True,
+            )
         yield Gateway(client, a, b, db)
 
 
@@ -53,7 +62,12 @@ def auth(t: SeededTenant) -> dict[str, str]:
     return {"Authorization": f"Bearer {t.key}"}
 
 
-CHAT = {"model": "support", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8, "temperature": 0}
+CHAT = {
+    "model": "support",
+    "messages": [{"role": "user", "content": "hello there"}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 
 
 async def test_chat_completion(gw: Gateway) -> None:
@@ -66,7 +80,10 @@ async def test_chat_completion(gw: Gateway) -> None:
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["choices"][0]["finish_reason"] in ("stop", "length")
     assert body["usage"]["completion_tokens"] >= 1
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        body["usage"]["total_tokens"]
+        == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert r.headers["x-flywheel-adapter-version"] == "support@1"
     assert r.headers["x-flywheel-completion-id"] == body["id"]
     assert r.headers["x-request-id"]
@@ -75,25 +92,35 @@ async def test_chat_completion(gw: Gateway) -> None:
 async def test_tenants_get_their_own_adapter(gw: Gateway) -> None:
     ra = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.a))
     rb = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.b))
-    base = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "demo-base"}, headers=auth(gw.a))
+    base = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "demo-base"}, headers=auth(gw.a)
+    )
     texts = {r.json()["choices"][0]["message"]["content"] for r in (ra, rb, base)}
     assert len(texts) == 3
     assert base.headers["x-flywheel-adapter-version"] == "base"
 
 
 async def test_pinned_version(gw: Gateway) -> None:
-    r1 = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@1"}, headers=auth(gw.a))
-    r2 = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@2"}, headers=auth(gw.a))
+    r1 = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "support@1"}, headers=auth(gw.a)
+    )
+    r2 = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "support@2"}, headers=auth(gw.a)
+    )
     assert r1.headers["x-flywheel-adapter-version"] == "support@1"
     assert r2.headers["x-flywheel-adapter-version"] == "support@2"
     assert r2.json()["model"] == "support@2"
-    missing = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "support@9"}, headers=auth(gw.a))
+    missing = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "support@9"}, headers=auth(gw.a)
+    )
     assert missing.status_code == 404
 
 
 async def test_text_completion(gw: Gateway) -> None:
     r = await gw.client.post(
-        "/v1/completions", json={"model": "support", "prompt": "Once", "max_tokens": 5, "temperature": 0}, headers=auth(gw.a)
+        "/v1/completions",
+        json={"model": "support", "prompt": "Once", "max_tokens": 5, "temperature": 0},
+        headers=auth(gw.a),
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -114,17 +141,26 @@ async def test_streaming_with_usage(gw: Gateway) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"] == r.headers["x-flywheel-completion-id"]
+    assert (
+        len({c["id"] for c in chunks}) == 1
+        and chunks[0]["id"] == r.headers["x-flywheel-completion-id"]
+    )
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
     finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(finals) == 1
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    whole = await gw.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 12}, headers=auth(gw.a))
+    whole = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 12}, headers=auth(gw.a)
+    )
     assert streamed == whole.json()["choices"][0]["message"]["content"]
 
 
 async def test_streaming_without_usage(gw: Gateway) -> None:
-    r = await gw.client.post("/v1/completions", json={"model": "support", "prompt": "x", "stream": True, "max_tokens": 4}, headers=auth(gw.a))
+    r = await gw.client.post(
+        "/v1/completions",
+        json={"model": "support", "prompt": "x", "stream": True, "max_tokens": 4},
+        headers=auth(gw.a),
+    )
     chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
     assert all("usage" not in c for c in chunks)
     assert all(c["choices"] for c in chunks)
@@ -140,7 +176,11 @@ async def test_models_lists_only_own_adapters(gw: Gateway) -> None:
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "missing_api_key"), ({"Authorization": "Bearer fw-nope"}, "invalid_api_key"), ({"Authorization": "Basic abc"}, "missing_api_key")],
+    [
+        ({}, "missing_api_key"),
+        ({"Authorization": "Bearer fw-nope"}, "invalid_api_key"),
+        ({"Authorization": "Basic abc"}, "missing_api_key"),
+    ],
 )
 async def test_auth_errors(gw: Gateway, headers: dict[str, str], code: str) -> None:
     r = await gw.client.post("/v1/chat/completions", json=CHAT, headers=headers)
@@ -157,13 +197,19 @@ async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
 
         sales = await get_adapter(session, gw.b.id, "sales")
         version_id = sales.active_version_id
-    unknown = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=auth(gw.a))
+    unknown = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=auth(gw.a)
+    )
     assert unknown.status_code == 404
     for model in ("sales", "sales@1", f"fw-{version_id}", str(version_id), "globex/sales"):
-        r = await gw.client.post("/v1/chat/completions", json={**CHAT, "model": model}, headers=auth(gw.a))
+        r = await gw.client.post(
+            "/v1/chat/completions", json={**CHAT, "model": model}, headers=auth(gw.a)
+        )
         assert r.status_code == 404, model
         assert r.json()["error"]["code"] == "model_not_found"
-        assert r.json()["error"]["message"] == unknown.json()["error"]["message"].replace("'nope'", repr(model))
+        assert r.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+            "'nope'", repr(model)
+        )
 
 
 @pytest.mark.parametrize(
@@ -191,7 +237,11 @@ async def test_invalid_bodies_are_400(gw: Gateway, body: object, param: str | No
 
 
 async def test_malformed_json_and_oversized(gw: Gateway) -> None:
-    r = await gw.client.post("/v1/chat/completions", content=b"{not json", headers={**auth(gw.a), "content-type": "application/json"})
+    r = await gw.client.post(
+        "/v1/chat/completions",
+        content=b"{not json",
+        headers={**auth(gw.a), "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 30_000}]}
     r = await gw.client.post("/v1/chat/completions", json=big, headers=auth(gw.a))
@@ -199,7 +249,11 @@ async def test_malformed_json_and_oversized(gw: Gateway) -> None:
 
 
 async def test_unknown_fields_ignored(gw: Gateway) -> None:
-    r = await gw.client.post("/v1/chat/completions", json={**CHAT, "frequency_penalty": 0, "vendor_x": {"a": 1}}, headers=auth(gw.a))
+    r = await gw.client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "frequency_penalty": 0, "vendor_x": {"a": 1}},
+        headers=auth(gw.a),
+    )
     assert r.status_code == 200
 
 
@@ -211,7 +265,10 @@ async def test_rate_limit(gw: Gateway) -> None:
         _, key = await create_key(session, tenant)
     h = {"Authorization": f"Bearer {key}"}
     body = {**CHAT, "model": "demo-base"}
-    codes = [(await gw.client.post("/v1/chat/completions", json=body, headers=h)).status_code for _ in range(2)]
+    codes = [
+        (await gw.client.post("/v1/chat/completions", json=body, headers=h)).status_code
+        for _ in range(2)
+    ]
     assert codes == [200, 200]
     r = await gw.client.post("/v1/chat/completions", json=body, headers=h)
     assert r.status_code == 429

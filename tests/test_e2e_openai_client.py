@@ -40,7 +40,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(
-    fresh_database_url: str, demo_base: Path, demo_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("e2e")
     port = free_port()
@@ -58,10 +61,32 @@ def server(
     srv.key_a = srv.cli("tenants", "create", "acme").strip()
     srv.key_b = srv.cli("tenants", "create", "globex").strip()
     assert srv.key_a.startswith("fw-") and "\n" not in srv.key_a
-    srv.cli("adapters", "add", "--tenant", "acme", "--name", "support", "--sign", str(demo_adapters[0]))
-    srv.cli("adapters", "add", "--tenant", "globex", "--name", "support", "--sign", str(demo_adapters[1]))
-    srv.cli("adapters", "add", "--tenant", "globex", "--name", "private", "--sign", str(demo_adapters[2]))
-    proc = subprocess.Popen([*FLYWHEEL, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    srv.cli(
+        "adapters", "add", "--tenant", "acme", "--name", "support", "--sign", str(demo_adapters[0])
+    )
+    srv.cli(
+        "adapters",
+        "add",
+        "--tenant",
+        "globex",
+        "--name",
+        "support",
+        "--sign",
+        str(demo_adapters[1]),
+    )
+    srv.cli(
+        "adapters",
+        "add",
+        "--tenant",
+        "globex",
+        "--name",
+        "private",
+        "--sign",
+        str(demo_adapters[2]),
+    )
+    proc = subprocess.Popen(
+        [*FLYWHEEL, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -86,30 +111,43 @@ def client(srv: Server, key: str) -> openai.OpenAI:
 
 def test_chat_and_stream(server: Server) -> None:
     c = client(server, server.key_a)
-    resp = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0)
+    resp = c.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0
+    )
     assert resp.id.startswith("chatcmpl-") and resp.model == "support"
     assert resp.usage is not None and resp.usage.completion_tokens >= 1
     stream = c.chat.completions.create(
-        model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0,
-        stream=True, stream_options={"include_usage": True},
+        model="support",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == resp.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].choices == []
-    raw = c.chat.completions.with_raw_response.create(model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    raw = c.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     assert raw.headers["x-flywheel-adapter-version"] == "support@1"
 
 
 def test_text_completion(server: Server) -> None:
-    resp = client(server, server.key_a).completions.create(model="support", prompt="Hello", max_tokens=4, temperature=0)
+    resp = client(server, server.key_a).completions.create(
+        model="support", prompt="Hello", max_tokens=4, temperature=0
+    )
     assert resp.object == "text_completion" and resp.choices[0].finish_reason in ("stop", "length")
 
 
 def test_models(server: Server) -> None:
     ids = sorted(m.id for m in client(server, server.key_b).models.list())
     assert ids == ["demo-base", "private", "support"]
-    assert sorted(m.id for m in client(server, server.key_a).models.list()) == ["demo-base", "support"]
+    assert sorted(m.id for m in client(server, server.key_a).models.list()) == [
+        "demo-base",
+        "support",
+    ]
 
 
 def test_errors_map_to_openai_exceptions(server: Server) -> None:
@@ -124,7 +162,9 @@ def test_errors_map_to_openai_exceptions(server: Server) -> None:
     with pytest.raises(openai.BadRequestError):
         a.chat.completions.create(model="support", messages=msgs, max_tokens=10**8)
     with pytest.raises(openai.APIStatusError) as big:
-        a.chat.completions.create(model="support", messages=[{"role": "user", "content": "x" * 2_000_000}])
+        a.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "x" * 2_000_000}]
+        )
     assert big.value.status_code == 413
 
 

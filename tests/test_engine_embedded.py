@@ -345,6 +345,26 @@ async def test_unload_waits_for_requests_in_flight(
     assert "lora-5" not in engine.loaded_adapters()
 
 
+async def test_request_during_pending_unloads_does_not_deadlock(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    # Two drains of one version queue up (promote away, back, away again); a request for it
+    # arrives once the first has removed it, so it must load it again.  An unload that waited
+    # for idleness while holding the name's lock hung here forever.
+    stream = open_stream(engine, request(loras[4], sampling=SamplingParams(64, 0.0)))
+    await anext(stream)
+    first = asyncio.create_task(engine.unload_adapter("lora-4"))
+    second = asyncio.create_task(engine.unload_adapter("lora-4"))
+    await stream.aclose()
+    while "lora-4" in engine.loaded_adapters():
+        await asyncio.sleep(0)  # yield until the first unload has taken it out
+    async with asyncio.timeout(120):
+        result = await collect(engine, request(loras[4]))
+        await asyncio.gather(first, second)
+    assert result.last.finish_reason is not None
+    assert "lora-4" not in engine.loaded_adapters()  # unloaded once idle again
+
+
 def test_generate_before_start_is_unavailable(demo_base: Path) -> None:
     engine = EmbeddedEngine(demo_base, base_model_name="demo")
     with pytest.raises(EngineUnavailable):

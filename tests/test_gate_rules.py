@@ -47,8 +47,16 @@ def test_thresholds_override_and_unknown() -> None:
     [
         ({"type": "json"}, '{"a": 1}', True),
         ({"type": "json"}, "{a}", False),
-        ({"type": "json_schema", "schema": {"type": "object", "required": ["a"]}}, '{"a": 1}', True),
-        ({"type": "json_schema", "schema": {"type": "object", "required": ["a"]}}, '{"b": 1}', False),
+        (
+            {"type": "json_schema", "schema": {"type": "object", "required": ["a"]}},
+            '{"a": 1}',
+            True,
+        ),
+        (
+            {"type": "json_schema", "schema": {"type": "object", "required": ["a"]}},
+            '{"b": 1}',
+            False,
+        ),
         ({"type": "contains", "value": "refund"}, "a refund", True),
         ({"type": "not_contains", "value": "refund"}, "a refund", False),
         ({"type": "regex", "pattern": r"^\d+$"}, "123", True),

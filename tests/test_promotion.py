@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -22,7 +23,11 @@ from gateway.services.admin_tokens import local_admin_token
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-PROMPT = {"messages": [{"role": "user", "content": "which plan?"}], "max_tokens": 6, "temperature": 0}
+PROMPT = {
+    "messages": [{"role": "user", "content": "which plan?"}],
+    "max_tokens": 6,
+    "temperature": 0,
+}
 
 
 @dataclass
@@ -37,7 +42,10 @@ class Env:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def env(
-    fresh_database_url: str, demo_base: Path, demo_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Env]:
     settings = make_settings(tmp_path_factory.mktemp("swap"), fresh_database_url, demo_base)
     app = create_app(settings)
@@ -48,7 +56,9 @@ async def env(
 
         async with db.transaction() as session:
             for path in demo_adapters[1:3]:  # versions 2 and 3, signed
-                await add_adapter(session, settings, tenant_name="swapco", name="bot", path=path, sign=True)
+                await add_adapter(
+                    session, settings, tenant_name="swapco", name="bot", path=path, sign=True
+                )
         token = local_admin_token(settings)
         assert token
         yield Env(client, settings, db, t, {"Authorization": f"Bearer {token}"}, app)
@@ -56,7 +66,9 @@ async def env(
 
 async def ask(env: Env, stream: bool = False) -> tuple[str, str]:
     body = {"model": "bot", **PROMPT, "stream": stream}
-    r = await env.client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {env.tenant.key}"})
+    r = await env.client.post(
+        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {env.tenant.key}"}
+    )
     assert r.status_code == 200, r.text
     version = r.headers["x-flywheel-adapter-version"]
     if not stream:
@@ -64,11 +76,17 @@ async def ask(env: Env, stream: bool = False) -> tuple[str, str]:
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]", r.text
     chunks = [json.loads(e) for e in events[:-1]]
-    return version, "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    return version, "".join(
+        c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]
+    )
 
 
 async def promote(env: Env, version: int) -> httpx.Response:
-    return await env.client.post("/admin/adapters/swapco/bot/promote", json={"version": version, "reason": "test"}, headers=env.admin)
+    return await env.client.post(
+        "/admin/adapters/swapco/bot/promote",
+        json={"version": version, "reason": "test"},
+        headers=env.admin,
+    )
 
 
 async def test_promote_and_rollback_recorded(env: Env) -> None:
@@ -77,14 +95,24 @@ async def test_promote_and_rollback_recorded(env: Env) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["from_version"] == 1 and r.json()["to_version"] == 2
     assert (await ask(env))[0] == "bot@2"
-    r = await env.client.post("/admin/adapters/swapco/bot/rollback", json={"reason": "bad"}, headers=env.admin)
+    r = await env.client.post(
+        "/admin/adapters/swapco/bot/rollback", json={"reason": "bad"}, headers=env.admin
+    )
     assert r.status_code == 200 and r.json()["to_version"] == 1
     assert (await ask(env))[0] == "bot@1"
     async with env.db.session() as s:
-        events = list(await s.scalars(select(RouteEvent).where(RouteEvent.tenant_id == env.tenant.id).order_by(RouteEvent.id)))
+        events = list(
+            await s.scalars(
+                select(RouteEvent)
+                .where(RouteEvent.tenant_id == env.tenant.id)
+                .order_by(RouteEvent.id)
+            )
+        )
         assert [e.action for e in events] == ["initial", "promote", "rollback"]
         assert all(e.actor.startswith("admin:") for e in events[1:])
-        actions = set(await s.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == env.tenant.id)))
+        actions = set(
+            await s.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == env.tenant.id))
+        )
         assert {"adapter.promote", "adapter.rollback"} <= actions
 
 
@@ -98,7 +126,9 @@ async def test_rejected_and_candidate_never_served(env: Env) -> None:
     r = await promote(env, 3)
     assert r.status_code == 409 and "rejected" in r.json()["error"]["message"]
     pinned = await env.client.post(
-        "/v1/chat/completions", json={"model": "bot@3", **PROMPT}, headers={"Authorization": f"Bearer {env.tenant.key}"}
+        "/v1/chat/completions",
+        json={"model": "bot@3", **PROMPT},
+        headers={"Authorization": f"Bearer {env.tenant.key}"},
     )
     assert pinned.status_code == 404
     async with env.db.transaction() as s:
@@ -116,7 +146,9 @@ async def _tampered_version(env: Env, src: Path, tmp: Path, how: str) -> int:
     (copy / "README.md").write_text(f"variant {how}\n")  # distinct digest, same weights
     # a different weight byte so the content address is new
     async with env.db.transaction() as s:
-        added = await add_adapter(s, env.settings, tenant_name="swapco", name="bot", path=copy, sign=True)
+        added = await add_adapter(
+            s, env.settings, tenant_name="swapco", name="bot", path=copy, sign=True
+        )
     stored = Path(added.version.path)
     sig = signature_path_for(stored)
     if how == "flipped":
@@ -134,7 +166,9 @@ async def _tampered_version(env: Env, src: Path, tmp: Path, how: str) -> int:
 
 
 @pytest.mark.parametrize("how", ["flipped", "wrong-key", "missing"])
-async def test_unverified_adapter_is_refused_and_old_keeps_serving(env: Env, demo_adapters: list[Path], tmp_path: Path, how: str) -> None:
+async def test_unverified_adapter_is_refused_and_old_keeps_serving(
+    env: Env, demo_adapters: list[Path], tmp_path: Path, how: str
+) -> None:
     before = await ask(env)
     version = await _tampered_version(env, demo_adapters[4], tmp_path, how)
     r = await promote(env, version)
@@ -142,11 +176,15 @@ async def test_unverified_adapter_is_refused_and_old_keeps_serving(env: Env, dem
     assert await ask(env) == before
     # pinning the bad version is refused at load as well
     pinned = await env.client.post(
-        "/v1/chat/completions", json={"model": f"bot@{version}", **PROMPT}, headers={"Authorization": f"Bearer {env.tenant.key}"}
+        "/v1/chat/completions",
+        json={"model": f"bot@{version}", **PROMPT},
+        headers={"Authorization": f"Bearer {env.tenant.key}"},
     )
     assert pinned.status_code == 500 and pinned.json()["error"]["code"] == "adapter_load_refused"
     async with env.db.session() as s:
-        refused = list(await s.scalars(select(AuditEvent).where(AuditEvent.action == "adapter.load_refused")))
+        refused = list(
+            await s.scalars(select(AuditEvent).where(AuditEvent.action == "adapter.load_refused"))
+        )
     assert refused
 
 
@@ -166,9 +204,15 @@ async def test_concurrent_promotes_are_serialized(env: Env) -> None:
     r2, r3 = await asyncio.gather(promote(env, 2), promote(env, 3))
     assert r2.status_code == 200 and r3.status_code == 200
     async with env.db.session() as s:
-        events = list(await s.scalars(select(RouteEvent).where(RouteEvent.tenant_id == env.tenant.id).order_by(RouteEvent.id)))
+        events = list(
+            await s.scalars(
+                select(RouteEvent)
+                .where(RouteEvent.tenant_id == env.tenant.id)
+                .order_by(RouteEvent.id)
+            )
+        )
     # Each swap starts from where the previous one ended: no lost update.
-    for prev, nxt in zip(events, events[1:], strict=False):
+    for prev, nxt in itertools.pairwise(events):
         assert nxt.from_version_id == prev.to_version_id
 
 
@@ -192,8 +236,12 @@ async def test_swap_under_load_no_failures_one_version_per_response(env: Env) ->
 
     clients = [asyncio.create_task(client_loop(i % 2 == 0)) for i in range(8)]
     for cycle in range(20):
-        r = await promote(env, 1 if cycle % 2 else 2) if cycle % 4 else await env.client.post(
-            "/admin/adapters/swapco/bot/rollback", json={}, headers=env.admin
+        r = (
+            await promote(env, 1 if cycle % 2 else 2)
+            if cycle % 4
+            else await env.client.post(
+                "/admin/adapters/swapco/bot/rollback", json={}, headers=env.admin
+            )
         )
         assert r.status_code == 200, r.text
     stop.set()

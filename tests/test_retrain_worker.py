@@ -29,18 +29,32 @@ async def seed_feedback(db: Database, tenant_id: str, adapter_id: str, n: int) -
             cid = f"chatcmpl-{uuid.uuid4().hex}"
             session.add(
                 Completion(
-                    id=cid, tenant_id=tenant_id, kind="chat", model="bot", adapter_id=adapter_id, status="ok",
-                    request={"messages": [{"role": "user", "content": f"question {i}"}]}, params={},
-                    response_text=f"garbled answer {i}", received_at=now,
+                    id=cid,
+                    tenant_id=tenant_id,
+                    kind="chat",
+                    model="bot",
+                    adapter_id=adapter_id,
+                    status="ok",
+                    request={"messages": [{"role": "user", "content": f"question {i}"}]},
+                    params={},
+                    response_text=f"garbled answer {i}",
+                    received_at=now,
                 )
             )
             session.add(
-                Feedback(tenant_id=tenant_id, id=f"fb-{cid}", completion_id=cid,
-                         edited_output=f"Thank you for asking question {i}. Happy to help.", meta={})
+                Feedback(
+                    tenant_id=tenant_id,
+                    id=f"fb-{cid}",
+                    completion_id=cid,
+                    edited_output=f"Thank you for asking question {i}. Happy to help.",
+                    meta={},
+                )
             )
 
 
-async def opted_in_tenant(db: Database, tmp: Path, url: str, base: Path, adapter: Path, **tenant: object) -> tuple[str, str]:
+async def opted_in_tenant(
+    db: Database, tmp: Path, url: str, base: Path, adapter: Path, **tenant: object
+) -> tuple[str, str]:
     from adapters.registry import get_adapter
     from gateway.services.tenants import update_tenant
 
@@ -52,8 +66,18 @@ async def opted_in_tenant(db: Database, tmp: Path, url: str, base: Path, adapter
     return t.name, a.id
 
 
-async def test_schedule_queues_once_and_respects_threshold(db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]) -> None:
-    name, adapter_id = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[0], retrain_min_feedback=10, retrain_max_age_hours=1000.0)
+async def test_schedule_queues_once_and_respects_threshold(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    name, adapter_id = await opted_in_tenant(
+        db,
+        tmp_path,
+        database_url,
+        demo_base,
+        demo_adapters[0],
+        retrain_min_feedback=10,
+        retrain_max_age_hours=1000.0,
+    )
     from gateway.services.tenants import get_tenant
 
     async with db.session() as s:
@@ -67,15 +91,25 @@ async def test_schedule_queues_once_and_respects_threshold(db: Database, databas
     # old feedback triggers even below the count threshold
     later = datetime.now(UTC) + timedelta(hours=2000)
     async with db.transaction() as s:
-        await s.execute(update(TrainingRound).where(TrainingRound.adapter_id == adapter_id).values(state="failed"))
+        await s.execute(
+            update(TrainingRound)
+            .where(TrainingRound.adapter_id == adapter_id)
+            .values(state="failed")
+        )
     assert adapter_id in await _queued_adapters(db, await schedule(db, now=later))
     async with db.transaction() as s:  # leave no queued round behind for the worker tests
-        await s.execute(update(TrainingRound).where(TrainingRound.adapter_id == adapter_id).values(state="failed"))
+        await s.execute(
+            update(TrainingRound)
+            .where(TrainingRound.adapter_id == adapter_id)
+            .values(state="failed")
+        )
 
 
 async def _queued_adapters(db: Database, round_ids: list[str]) -> set[str]:
     async with db.session() as s:
-        return set(await s.scalars(select(TrainingRound.adapter_id).where(TrainingRound.id.in_(round_ids))))
+        return set(
+            await s.scalars(select(TrainingRound.adapter_id).where(TrainingRound.id.in_(round_ids)))
+        )
 
 
 async def test_two_workers_never_claim_the_same_round(database_url: str) -> None:
@@ -95,11 +129,23 @@ async def test_two_workers_never_claim_the_same_round(database_url: str) -> None
             await d.close()
 
 
-async def test_dead_worker_round_is_recovered(db: Database, database_url: str, tmp_path: Path, demo_base: Path) -> None:
-    settings = make_settings(tmp_path, database_url, demo_base, retrain_round_timeout_s=60, retrain_max_attempts=2)
+async def test_dead_worker_round_is_recovered(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, database_url, demo_base, retrain_round_timeout_s=60, retrain_max_attempts=2
+    )
     rid = f"round_dead_{uuid.uuid4().hex[:8]}"
     async with db.transaction() as s:
-        s.add(TrainingRound(id=rid, tenant_id="t", adapter_id=f"a-{rid}", state="queued", created_at=datetime(2000, 1, 1, tzinfo=UTC)))
+        s.add(
+            TrainingRound(
+                id=rid,
+                tenant_id="t",
+                adapter_id=f"a-{rid}",
+                state="queued",
+                created_at=datetime(2000, 1, 1, tzinfo=UTC),
+            )
+        )
     for attempt in (1, 2):
         row = await claim(db, "doomed")
         assert row is not None and row.id == rid and row.attempts == attempt
@@ -115,23 +161,42 @@ async def test_dead_worker_round_is_recovered(db: Database, database_url: str, t
 
 
 @pytest.mark.slow
-async def test_killed_worker_process_round_is_requeued(db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]) -> None:
+async def test_killed_worker_process_round_is_requeued(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
     """A real `flywheel retrain worker` killed with SIGKILL mid-round leaves it to recovery."""
-    name, adapter_id = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[1], retrain_min_feedback=8)
+    name, adapter_id = await opted_in_tenant(
+        db, tmp_path, database_url, demo_base, demo_adapters[1], retrain_min_feedback=8
+    )
     from gateway.services.tenants import get_tenant
 
     async with db.session() as s:
         tenant_id = (await get_tenant(s, name)).id
     await seed_feedback(db, tenant_id, adapter_id, 40)
-    env = {**os.environ, "FLYWHEEL_DATA_DIR": str(tmp_path), "FLYWHEEL_DATABASE_URL": database_url,
-           "FLYWHEEL_BASE_MODEL": str(demo_base), "FLYWHEEL_BASE_MODEL_NAME": "demo-base", "FLYWHEEL_RETRAIN_MIN_ROWS": "8"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "retrain", "worker", "--poll", "0.2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"))
+    env = {
+        **os.environ,
+        "FLYWHEEL_DATA_DIR": str(tmp_path),
+        "FLYWHEEL_DATABASE_URL": database_url,
+        "FLYWHEEL_BASE_MODEL": str(demo_base),
+        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
+        "FLYWHEEL_RETRAIN_MIN_ROWS": "8",
+    }
+    with (tmp_path / "worker.log").open("w") as worker_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.main", "retrain", "worker", "--poll", "0.2"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=worker_log,
+        )
     try:
         row = None
         for _ in range(600):  # poll the database for the claim, up to ~60 s
             async with db.session() as s:
-                row = await s.scalar(select(TrainingRound).where(TrainingRound.adapter_id == adapter_id, TrainingRound.state == "running"))
+                row = await s.scalar(
+                    select(TrainingRound).where(
+                        TrainingRound.adapter_id == adapter_id, TrainingRound.state == "running"
+                    )
+                )
             if row is not None:
                 break
             await asyncio.sleep(0.1)

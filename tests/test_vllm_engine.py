@@ -460,6 +460,27 @@ async def test_busy_adapter_is_never_evicted(tmp_path: Path) -> None:
         await engine.stop()
 
 
+async def test_request_racing_an_unload_neither_hangs_nor_loses_it(tmp_path: Path) -> None:
+    a = FakeVLLM("a")
+    engine, _ = await make_engine(tmp_path, a)
+    try:
+        busy = engine.generate(chat(ref(1)))
+        await anext(busy)  # av1 in flight
+        unload = asyncio.create_task(engine.unload_adapter("fw-av1"))
+        while "fw-av1" in engine.replicas[0].residency:
+            await asyncio.sleep(0)  # until the unload has taken it out of placement
+        # A request for the same version now has to place (and load) it again.  An unload
+        # that waited for idleness while holding the name's lock hung both forever.
+        again = asyncio.create_task(collect(engine, chat(ref(1))))
+        await busy.aclose()
+        async with asyncio.timeout(10):
+            assert (await again)[-1].finish_reason == "stop"
+            await unload
+        assert "fw-av1" in a.loaded  # wanted again: the unload left it loaded
+    finally:
+        await engine.stop()
+
+
 async def test_all_busy_waits_then_503(tmp_path: Path) -> None:
     a = FakeVLLM("a")
     engine, _ = await make_engine(

@@ -21,7 +21,7 @@ def create(tenant: str) -> None:
 
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
-            _, secret = await svc.create_key(session, await svc.get_tenant(session, tenant))
+            _key, secret = await svc.create_key(session, await svc.get_tenant(session, tenant))
         return secret
 
     out(run_db(go))
@@ -34,7 +34,7 @@ def rotate(tenant: str) -> None:
 
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
-            _, secret, _revoked = await svc.rotate_keys(
+            _key, secret, _revoked = await svc.rotate_keys(
                 session, await svc.get_tenant(session, tenant)
             )
         return secret

@@ -24,7 +24,7 @@ def create(
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
             tenant = await svc.create_tenant(session, name, rpm_limit=rpm, tpm_limit=tpm)
-            _, secret = await svc.create_key(session, tenant)
+            _key, secret = await svc.create_key(session, tenant)
         return secret
 
     out(run_db(go))

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -174,13 +174,20 @@ class EmbeddedEngine:
     async def unload_adapter(self, engine_name: str) -> None:
         """Delete an adapter once no request is using it."""
         worker = self._require_worker()
-        async with self._lock(engine_name):
+        while True:
+            # Wait for idleness *outside* the name's lock: a request counts itself in flight
+            # before it may wait on that lock to load the adapter again, so waiting under the
+            # lock deadlocks (seen as a hung swap-under-load test).
             while self._in_flight[engine_name]:
                 idle = self._idle_waiters.setdefault(engine_name, asyncio.Event())
                 await idle.wait()
-            if self._resident.pop(engine_name, None) is None:
+            async with self._lock(engine_name):
+                if self._in_flight[engine_name]:
+                    continue  # a request came for it meanwhile: wait for that one too
+                if self._resident.pop(engine_name, None) is None:
+                    return
+                await asyncio.wrap_future(worker.call(partial(worker.delete_adapter, engine_name)))
                 return
-            await asyncio.wrap_future(worker.call(partial(worker.delete_adapter, engine_name)))
 
     def _touch(self, name: str) -> bool:
         if name not in self._resident:
@@ -225,7 +232,7 @@ class EmbeddedEngine:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream deltas.  Closing the iterator (client gone) cancels the generation.
 
         The prompt is tokenized and checked here, so an invalid request raises before
@@ -238,7 +245,7 @@ class EmbeddedEngine:
 
     async def _stream(
         self, request: GenerationRequest, prompt_ids: list[int]
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         name = request.adapter.engine_name if request.adapter is not None else None
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         row: Row | None = None

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -174,8 +174,7 @@ class LocalServer:
             prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
         )
         try:
-            # EmbeddedEngine.generate is an async generator (typed as an AsyncIterator).
-            stream = cast(AsyncGenerator[GenerationChunk, None], self.engine.generate(request))
+            stream = self.engine.generate(request)
             # Awaited before answering, so a bad request is a 400 rather than a broken stream.
             first = await anext(stream)
         except FlywheelError as exc:

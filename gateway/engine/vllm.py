@@ -192,10 +192,23 @@ class VLLMEngine:
                 continue
             async with res.lock(engine_name):
                 res.drop(engine_name)  # no new request is placed on it from here on
-                while res.in_flight(engine_name):
-                    await self._changed.wait()
-                if not replica.healthy:
+            await self._unload_when_idle(replica, engine_name)
+
+    async def _unload_when_idle(self, replica: Replica, engine_name: str) -> None:
+        res = replica.residency
+        while True:
+            # Wait *outside* the name's lock: a request placed for the name counts itself in
+            # flight before it may wait on that lock to load it again, so waiting under the
+            # lock deadlocks.
+            while res.in_flight(engine_name) and engine_name not in res:
+                await self._changed.wait()
+            async with res.lock(engine_name):
+                if engine_name in res:
+                    return  # wanted again and (re)loaded meanwhile: keep it
+                if res.in_flight(engine_name):
                     continue
+                if not replica.healthy:
+                    return
                 try:
                     await replica.client.unload_lora(engine_name)
                     self.unloads += 1
@@ -203,6 +216,7 @@ class VLLMEngine:
                     replica.mark_down(str(exc))
                 except UpstreamError as exc:
                     log.warning("unloading %s from %s failed: %s", engine_name, replica.url, exc)
+                return
 
     async def _acquire(self, adapter: AdapterRef | None, exclude: set[str]) -> Replica:
         """A replica for the request, counted in flight, with ``adapter`` loaded there."""

@@ -330,7 +330,7 @@ class OpenAIServing:
                     break
                 chunk = await anext(stream, None)
             if call.body.include_usage:
-                usage = {
+                usage: dict[str, Any] = {
                     "id": call.id,
                     "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
                     "created": call.created,
