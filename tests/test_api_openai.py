@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.db.session import Database
@@ -24,6 +25,7 @@ class Gateway:
     a: SeededTenant
     b: SeededTenant
     db: Database
+    app: FastAPI
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -55,7 +57,7 @@ async def gw(
                 path=demo_adapters[3],
                 sign=True,
             )
-        yield Gateway(client, a, b, db)
+        yield Gateway(client, a, b, db, app)
 
 
 def auth(t: SeededTenant) -> dict[str, str]:
@@ -222,6 +224,8 @@ async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
         ({**CHAT, "max_tokens": 10**9}, "max_completion_tokens"),
         ({**CHAT, "max_tokens": 0}, "max_tokens"),
         ({**CHAT, "temperature": 7}, "temperature"),
+        ({**CHAT, "seed": 2**64}, "seed"),
+        ({**CHAT, "seed": -(2**63) - 1}, "seed"),
         ({**CHAT, "n": 3}, None),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ([1, 2], None),
@@ -234,6 +238,36 @@ async def test_invalid_bodies_are_400(gw: Gateway, body: object, param: str | No
     assert err["type"] == "invalid_request_error"
     if param:
         assert err["param"] == param
+
+
+async def test_vanishing_temperature_is_greedy(gw: Gateway) -> None:
+    # 1e-38 overflowed the logits to inf and NaN-poisoned the whole batch before.
+    greedy = await gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(gw.a))
+    tiny = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "temperature": 1e-38}, headers=auth(gw.a)
+    )
+    assert tiny.status_code == 200, tiny.text
+    text = tiny.json()["choices"][0]["message"]["content"]
+    assert text == greedy.json()["choices"][0]["message"]["content"]
+
+
+async def test_unexpected_error_is_a_500_with_request_id_and_cleans_up(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = gw.app.state.flywheel
+
+    def broken(_: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(state.engine, "generate", broken)
+    r = await gw.client.post(
+        "/v1/chat/completions", json=CHAT, headers={**auth(gw.a), "x-request-id": "trace-42"}
+    )
+    assert r.status_code == 500
+    assert r.headers["x-request-id"] == "trace-42"
+    assert r.json()["error"]["type"] == "server_error"
+    assert "secret" not in r.text
+    assert not state.completions._inflight  # the call was finished, not leaked
 
 
 async def test_malformed_json_and_oversized(gw: Gateway) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, cast
 
@@ -417,3 +418,19 @@ def test_stop_string_split_over_tokens_is_never_sent(demo_base: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(demo_base)
     deltas = _stream(tokenizer, "Thanks for your order! Refunds take five days.", ("r order",))
     assert "".join(deltas) == "Thanks for you"
+
+
+def test_a_row_whose_sampling_fails_fails_alone() -> None:
+    import torch
+
+    from gateway.engine.embedded_batch import sample
+
+    logits = torch.tensor([[0.0, 5.0, 1.0], [float("nan")] * 3, [2.0, 0.0, 9.0]])
+    rows = [
+        SimpleNamespace(sampling=GREEDY, generator=None),
+        SimpleNamespace(sampling=SamplingParams(8, temperature=0.7), generator=None),
+        SimpleNamespace(sampling=SamplingParams(8, temperature=1e-9), generator=None),
+    ]
+    picked = sample(logits, cast(Any, rows))
+    assert picked[0] == 1 and picked[2] == 2  # the last one is greedy: 1e-9 is below 1e-5
+    assert isinstance(picked[1], RuntimeError)

@@ -23,6 +23,11 @@ def error_response(exc: FlywheelError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 
+def unexpected_error_response() -> JSONResponse:
+    """The 500 for a bug: no detail of it reaches the client."""
+    return error_response(FlywheelError("The server had an error processing your request."))
+
+
 def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequest:
     """The first pydantic error as an OpenAI-style 400 with ``param`` set."""
     errors = exc.errors()
@@ -63,4 +68,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(FlywheelError("The server had an error processing your request."))
+        return unexpected_error_response()

@@ -1,12 +1,17 @@
-"""Pure ASGI middleware: an ``x-request-id`` on every response."""
+"""Pure ASGI middleware: an ``x-request-id`` on every response, a 500 included."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.errors import unexpected_error_response
+
+log = logging.getLogger("flywheel.api")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -26,9 +31,21 @@ class RequestIdMiddleware:
         request_id = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Rendered here rather than by Starlette's outermost ServerErrorMiddleware, which
+            # runs outside this middleware and would send the 500 without the request id.
+            if started:
+                raise  # a stream broke midway: nothing more can be sent
+            log.exception("unhandled error (request %s)", request_id)
+            await unexpected_error_response()(scope, receive, send_with_id)

@@ -37,7 +37,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # Like vLLM (_SAMPLING_EPS): a temperature this small is greedy; dividing the logits by
+        # it would overflow to inf and turn the softmax into NaN.
+        return self.temperature < 1e-5
 
 
 @dataclass

@@ -139,19 +139,26 @@ class Group:
         return nullcontext()
 
 
-def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """Pick each row's next token: argmax when greedy, else temperature + top-p."""
-    picked: list[int] = logits.argmax(dim=-1).tolist()
+def sample(logits: torch.Tensor, rows: list[Row]) -> list[int | Exception]:
+    """Pick each row's next token: argmax when greedy, else temperature + top-p.
+
+    A row whose sampling fails gets the exception in its place, so one bad row can only fail
+    itself, never the other tenants' rows in its batch.
+    """
+    picked: list[int | Exception] = list(logits.argmax(dim=-1).tolist())
     for i, row in enumerate(rows):
         if not row.sampling.greedy:
-            picked[i] = _sample_one(logits[i], row.sampling, row.generator)
+            try:
+                picked[i] = _sample_one(logits[i], row.sampling, row.generator)
+            except RuntimeError as exc:  # e.g. torch.multinomial on NaN probabilities
+                picked[i] = exc
     return picked
 
 
 def _sample_one(
     logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
 ) -> int:
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     sorted_probs, order = probs.sort(descending=True)
     if sampling.top_p < 1.0:
         # Keep the smallest prefix whose mass reaches top_p; the top token always survives.

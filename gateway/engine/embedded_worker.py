@@ -261,6 +261,9 @@ class EngineWorker:
         finally:
             self.forward_passes += 1
         for row, token_id in zip(group.rows, sample(logits, group.rows), strict=True):
+            if isinstance(token_id, Exception):
+                self._fail(row, EngineError(f"sampling failed: {token_id}"))
+                continue
             chunk = row.advance(token_id, self.eos_ids)
             if row.finish_reason is not None:
                 self._record(row, row.finish_reason)  # before the client can see the end

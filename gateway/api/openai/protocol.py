@@ -47,7 +47,8 @@ class _SamplingRequest(_Lenient):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # The range torch.Generator.manual_seed accepts (OpenAI documents no range).
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     user: str | None = Field(default=None, max_length=256)
     n: int = 1
     stream: bool = False

@@ -190,13 +190,17 @@ class OpenAIServing:
         self.state.completions.begin(call.id, auth.tenant.id)
         headers = self._headers(call)
         call.t_engine = time.perf_counter()
-        stream = self.state.engine.generate(gen_request)
+        stream: AsyncGenerator[GenerationChunk, None] | None = None
         try:
-            # The first chunk is awaited before any response starts, so load failures, bad
-            # prompts and engine outages still get a real status code instead of a broken stream.
+            # generate() may refuse at once (a prompt too long, a bad chat template); then the
+            # first chunk is awaited before any response starts, so load failures and engine
+            # outages still get a real status code instead of a broken stream.  Either way the
+            # call is finished: logged, settled with the limiter, its in-flight mark cleared.
+            stream = self.state.engine.generate(gen_request)
             first = await anext(stream)
         except BaseException as exc:
-            await stream.aclose()
+            if stream is not None:
+                await stream.aclose()
             await self._finish(call, limits, exc)
             raise
         if body.stream:
