@@ -6,7 +6,11 @@
 - Claiming: PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED``, so workers never claim the same
   round and never wait on each other; SQLite (one machine) uses a compare-and-set UPDATE.
 - Liveness: a running round's worker heartbeats; a round whose heartbeat is older than
-  ``retrain_round_timeout_s`` is requeued, or failed after ``retrain_max_attempts``.
+  ``retrain_round_timeout_s`` is requeued, or failed after ``retrain_max_attempts``.  A round
+  started by ``flywheel retrain run`` heartbeats the same way, so a killed CLI is recovered too.
+- After a failed round (a refusal such as too little data, or a training error) the adapter is
+  scheduled again only once feedback newer than that failure arrives: the same data would fail
+  the same way, and retrying it at once would spin.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +29,7 @@ from sqlalchemy import and_, func, select, update
 from gateway.config import Settings
 from gateway.db.models import Adapter, Completion, Feedback, Tenant, TrainingRound
 from gateway.db.session import Database
-from gateway.errors import FlywheelError
+from gateway.errors import Conflict, FlywheelError
 from gateway.ids import new_id
 
 log = logging.getLogger("flywheel.worker")
@@ -62,6 +68,8 @@ async def schedule(db: Database, now: datetime | None = None) -> list[str]:
                     TrainingRound.adapter_id == adapter.id, TrainingRound.state == "succeeded"
                 )
             )
+            if not await _news_since_last_failure(session, tenant.id, adapter.id):
+                continue
             conditions = [Feedback.tenant_id == tenant.id, Completion.adapter_id == adapter.id]
             if since is not None:
                 conditions.append(Feedback.updated_at >= since)
@@ -94,6 +102,62 @@ async def schedule(db: Database, now: datetime | None = None) -> list[str]:
             session.add(row)
             queued.append(row.id)
     return queued
+
+
+async def _news_since_last_failure(session: Any, tenant_id: str, adapter_id: str) -> bool:
+    """False while the adapter's latest round failed and no feedback arrived after it."""
+    latest = await session.scalar(
+        select(TrainingRound)
+        .where(TrainingRound.adapter_id == adapter_id)
+        .order_by(TrainingRound.created_at.desc())
+        .limit(1)
+    )
+    if latest is None or latest.state != "failed":
+        return True
+    failed_at = latest.finished_at or latest.created_at
+    newer = await session.scalar(
+        select(func.count())
+        .select_from(Feedback)
+        .join(
+            Completion,
+            and_(
+                Completion.tenant_id == Feedback.tenant_id,
+                Completion.id == Feedback.completion_id,
+            ),
+        )
+        .where(
+            Feedback.tenant_id == tenant_id,
+            Completion.adapter_id == adapter_id,
+            Feedback.updated_at > failed_at,
+        )
+    )
+    return bool(newer)
+
+
+async def start_round(db: Database, tenant_id: str, adapter_id: str, worker: str) -> str:
+    """A round run right now (the CLI), claimed by ``worker``; Conflict if one is active."""
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        await session.scalar(select(Adapter).where(Adapter.id == adapter_id).with_for_update())
+        active = await session.scalar(
+            select(TrainingRound.id).where(
+                TrainingRound.adapter_id == adapter_id, TrainingRound.state.in_(ACTIVE)
+            )
+        )
+        if active is not None:
+            raise Conflict(f"round {active} is already queued or running for this adapter")
+        row = TrainingRound(
+            id=new_id("round"),
+            tenant_id=tenant_id,
+            adapter_id=adapter_id,
+            state="running",
+            worker_id=worker,
+            heartbeat_at=now,
+            started_at=now,
+            attempts=1,
+        )
+        session.add(row)
+    return row.id
 
 
 async def claim(db: Database, worker: str) -> TrainingRound | None:
@@ -189,20 +253,10 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
     if tenant is None or adapter is None:
         await _fail(db, row.id, "the round's tenant or adapter no longer exists")
         return
-    stop = asyncio.Event()
-
-    async def beat() -> None:
-        interval = max(1.0, settings.retrain_round_timeout_s / 4)
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                await heartbeat(db, row.id, worker)
-
-    beater = asyncio.create_task(beat())
     try:
-        prepared = await prepare(db, settings, tenant=tenant.name, adapter=adapter.name)
-        outcome = await run_round(db, settings, prepared, round_id=row.id)
+        async with heartbeating(db, settings, row.id, worker):
+            prepared = await prepare(db, settings, tenant=tenant.name, adapter=adapter.name)
+            outcome = await run_round(db, settings, prepared, round_id=row.id)
         if outcome.gate_passed and tenant.auto_promote:
             from gateway.services.swap import remote_swap
 
@@ -218,6 +272,30 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
         # retried automatically (a worker that *died* is, through recover()).
         message = exc.message if isinstance(exc, FlywheelError) else f"{type(exc).__name__}: {exc}"
         await _fail(db, row.id, message)
+
+
+@asynccontextmanager
+async def heartbeating(
+    db: Database, settings: Settings, round_id: str, worker: str
+) -> AsyncIterator[None]:
+    """Keep ``round_id``'s heartbeat fresh while the block runs."""
+    stop = asyncio.Event()
+
+    async def beat() -> None:
+        interval = max(1.0, settings.retrain_round_timeout_s / 4)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                try:
+                    if not await heartbeat(db, round_id, worker):
+                        log.warning("round %s is no longer ours (it was recovered)", round_id)
+                except Exception:  # a database blip must not end the heartbeats for good
+                    log.exception("heartbeat for round %s failed; retrying", round_id)
+
+    beater = asyncio.create_task(beat())
+    try:
+        yield
     finally:
         stop.set()
         await beater

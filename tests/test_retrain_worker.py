@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from gateway.db.models import Completion, Feedback, TrainingRound
 from gateway.db.session import Database
@@ -88,21 +88,48 @@ async def test_schedule_queues_once_and_respects_threshold(
     first = await schedule(db)
     assert adapter_id in await _queued_adapters(db, first)
     assert adapter_id not in await _queued_adapters(db, await schedule(db))  # no duplicate
-    # old feedback triggers even below the count threshold
-    later = datetime.now(UTC) + timedelta(hours=2000)
+    # Old feedback triggers a round even below the count threshold.  The first round took the
+    # ten rows so far (its cutoff is now); one new row is below the threshold until it is old.
     async with db.transaction() as s:
         await s.execute(
             update(TrainingRound)
             .where(TrainingRound.adapter_id == adapter_id)
-            .values(state="failed")
+            .values(state="succeeded", data_cutoff=datetime.now(UTC))
         )
+    await seed_feedback(db, tenant_id, adapter_id, 1)
+    assert adapter_id not in await _queued_adapters(db, await schedule(db))
+    later = datetime.now(UTC) + timedelta(hours=1001)
     assert adapter_id in await _queued_adapters(db, await schedule(db, now=later))
     async with db.transaction() as s:  # leave no queued round behind for the worker tests
+        await s.execute(delete(TrainingRound).where(TrainingRound.adapter_id == adapter_id))
+
+
+async def test_a_failed_round_is_retried_only_on_new_feedback(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    name, adapter_id = await opted_in_tenant(
+        db, tmp_path, database_url, demo_base, demo_adapters[0], retrain_min_feedback=3
+    )
+    from gateway.services.tenants import get_tenant
+
+    async with db.session() as s:
+        tenant_id = (await get_tenant(s, name)).id
+    await seed_feedback(db, tenant_id, adapter_id, 3)
+    assert adapter_id in await _queued_adapters(db, await schedule(db))
+    failed_at = datetime.now(UTC)
+    async with db.transaction() as s:  # as a refusal ends it (e.g. the classes too imbalanced)
         await s.execute(
             update(TrainingRound)
             .where(TrainingRound.adapter_id == adapter_id)
-            .values(state="failed")
+            .values(state="failed", finished_at=failed_at)
         )
+    # The same feedback would fail the same way: no new round (this loop used to spin).
+    for _ in range(3):
+        assert adapter_id not in await _queued_adapters(db, await schedule(db))
+    await seed_feedback(db, tenant_id, adapter_id, 1)
+    assert adapter_id in await _queued_adapters(db, await schedule(db))
+    async with db.transaction() as s:
+        await s.execute(delete(TrainingRound).where(TrainingRound.adapter_id == adapter_id))
 
 
 async def _queued_adapters(db: Database, round_ids: list[str]) -> set[str]:

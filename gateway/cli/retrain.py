@@ -39,6 +39,7 @@ def run(
 ) -> None:
     """Train one round on the feedback since the last round; the result is a candidate."""
     from retrain.rounds import prepare, run_round
+    from retrain.worker import heartbeating, start_round, worker_name
 
     if method not in ("auto", "kto", "dpo"):
         raise typer.BadParameter("--method must be auto, kto or dpo")
@@ -48,7 +49,14 @@ def run(
         out(prepared.describe())
         if dry_run:
             return
-        outcome = await run_round(db, s, prepared, seed=seed, progress=_progress, gate=gate)
+        # Claimed and heartbeated like a worker's round: a killed CLI's round is recovered, and
+        # a worker never runs a second round for this adapter meanwhile.
+        me = f"cli:{worker_name()}"
+        round_id = await start_round(db, prepared.tenant.id, prepared.adapter_id, me)
+        async with heartbeating(db, s, round_id, me):
+            outcome = await run_round(
+                db, s, prepared, seed=seed, round_id=round_id, progress=_progress, gate=gate
+            )
         out(f"round {outcome.round_id}: candidate {adapter}@{outcome.candidate_version}")
         out(
             "metrics: "
