@@ -283,6 +283,14 @@ async def test_gateway_end_to_end(
                     session, settings, tenant_name="acme", name="dora", path=dora, sign=True
                 )
 
+        # /metrics works on this engine too: residency and loads per replica URL.
+        r = await client.get("/metrics")
+        assert r.status_code == 200, r.text
+        holder = next(x.url for x in replicas if held(x.url))
+        assert f'flywheel_adapters_resident{{replica="{holder}"}} 1.0' in r.text
+        assert f'flywheel_adapter_loads_total{{replica="{holder}"}} 1.0' in r.text
+        assert f'flywheel_adapter_load_seconds_count{{replica="{holder}"}}' in r.text
+
 
 async def test_replica_frozen_then_killed(
     replicas: list[LocalEngine], demo_base: Path, demo_adapters: list[Path], tmp_path: Path

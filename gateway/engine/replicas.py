@@ -45,6 +45,8 @@ class Replica:
     base_name: str | None = None  # the base model's name on this replica
     in_flight: int = 0  # requests running here, base model included
     last_error: str | None = None  # why it is out of rotation
+    loads: int = 0  # adapter loads and evictions done here, for metrics
+    evictions: int = 0
 
     @property
     def usable(self) -> bool:

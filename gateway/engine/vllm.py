@@ -22,12 +22,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import httpx
 
+from gateway import metrics
 from gateway.config import Settings
-from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, Verifier
+from gateway.engine.base import (
+    AdapterRef,
+    GenerationChunk,
+    GenerationRequest,
+    ReplicaStats,
+    Verifier,
+)
 from gateway.engine.replicas import Replica, missing_routes_message, place
 from gateway.engine.residency import Residency
 from gateway.engine.vllm_client import (
@@ -140,22 +146,9 @@ class VLLMEngine:
         names = {n for r in self._replicas if r.usable for n in r.residency.loaded()}
         return sorted(names)
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for metrics and benchmarks."""
-        return {
-            "loads": self.loads,
-            "evictions": self.evictions,
-            "unloads": self.unloads,
-            "replicas": [
-                {
-                    "url": r.url,
-                    "usable": r.usable,
-                    "in_flight": r.in_flight,
-                    "adapters": r.residency.names(),
-                }
-                for r in self._replicas
-            ],
-        }
+    def stats(self) -> dict[str, ReplicaStats]:
+        """Residency per replica, keyed by its URL (the ``replica`` label of the metrics)."""
+        return {r.url: ReplicaStats(len(r.residency), r.loads, r.evictions) for r in self._replicas}
 
     # --- health --------------------------------------------------------------------------------
 
@@ -328,11 +321,13 @@ class VLLMEngine:
             try:
                 await replica.client.unload_lora(victim)
                 self.evictions += 1
+                replica.evictions += 1
             except UpstreamError as exc:
                 log.warning("evicting %s from %s failed: %s", victim, replica.url, exc)
 
     async def _load(self, replica: Replica, adapter: AdapterRef) -> None:
         name, path = adapter.engine_name, str(adapter.path)
+        started = time.perf_counter()
         try:
             await replica.client.load_lora(name, path)
         except UpstreamError as exc:
@@ -344,6 +339,8 @@ class VLLMEngine:
                 return  # "has already been loaded": /v1/models confirms it is ours
             raise self._load_error(replica, adapter, exc) from exc
         self.loads += 1
+        replica.loads += 1
+        metrics.ADAPTER_LOAD_SECONDS.labels(replica.url).observe(time.perf_counter() - started)
 
     @staticmethod
     def _load_error(replica: Replica, adapter: AdapterRef, exc: UpstreamError) -> FlywheelError:
