@@ -36,8 +36,15 @@ check: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway adapters feedback retrain
 
-bench: $(VENV)/.installed-dev
-	$(PY) -m bench.run
+# LiteLLM's proxy, the gateway-overhead benchmark's comparison, in a venv of its own so it never
+# changes the project's packages.
+LITELLM_VENV ?= $(HOME)/.cache/flywheel-bench/litellm-venv
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]'
+
+bench: $(VENV)/.installed-dev $(LITELLM_VENV)/bin/litellm
+	LITELLM_BIN=$(LITELLM_VENV)/bin/litellm $(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

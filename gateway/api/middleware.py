@@ -9,6 +9,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import logs
 from gateway.api.errors import unexpected_error_response
 
 log = logging.getLogger("flywheel.api")
@@ -40,6 +41,7 @@ class RequestIdMiddleware:
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
+        token = logs.new_context(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -49,3 +51,5 @@ class RequestIdMiddleware:
                 raise  # a stream broke midway: nothing more can be sent
             log.exception("unhandled error (request %s)", request_id)
             await unexpected_error_response()(scope, receive, send_with_id)
+        finally:
+            logs.reset(token)

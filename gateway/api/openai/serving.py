@@ -7,6 +7,7 @@ the embedded engine and on vLLM.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
@@ -26,6 +27,8 @@ from gateway.errors import FlywheelError, InvalidRequest, RateLimited
 from gateway.ids import completion_id
 from gateway.ratelimit import Limits
 from gateway.state import AppState
+
+log = logging.getLogger("flywheel.completions")
 
 Kind = Literal["chat", "text"]
 ADAPTER_HEADER = "x-flywheel-adapter-version"
@@ -143,7 +146,7 @@ class OpenAIServing:
         self, kind: Kind, auth: AuthContext, body: ChatCompletionRequest | CompletionRequest
     ) -> Response:
         settings = self.state.settings
-        received_at = _now()
+        received_at, t_received = _now(), time.perf_counter()  # routing and limits count too
         requested = body.requested_max_tokens()
         if requested is not None and requested > settings.max_tokens_limit:
             raise InvalidRequest(
@@ -152,6 +155,7 @@ class OpenAIServing:
                 param="max_completion_tokens" if kind == "chat" else "max_tokens",
             )
         resolved = await self._resolve(auth.tenant.id, body.model)
+        logs.bind(tenant_id=auth.tenant.id, adapter_version=resolved.label)
         sampling = body.sampling(settings.default_max_tokens)
         if isinstance(body, ChatCompletionRequest):
             prompt_chars = sum(len(m["content"]) for m in body.engine_messages())
@@ -176,6 +180,7 @@ class OpenAIServing:
             resolved=resolved,
             estimate=estimate,
             received_at=received_at,
+            t_received=t_received,
         )
         version = resolved.version
         gen_request = GenerationRequest(
@@ -254,8 +259,29 @@ class OpenAIServing:
                 call.status, call.error_type = "cancelled", "client_disconnected"
         self.state.completions.submit(call.log_row())
         _observe(call)
+        self._log(call)
         used = call.prompt_tokens + call.completion_tokens
         await self.state.limiter.settle(call.auth.tenant.id, limits, used - call.estimate)
+
+    def _log(self, call: _Call) -> None:
+        """One line per completion; prompt and answer only with FLYWHEEL_LOG_DEBUG_CONTENT."""
+        fields: dict[str, Any] = {
+            "completion_id": call.id,
+            "status": call.status,
+            "error_type": call.error_type,
+            "duration_ms": round((time.perf_counter() - call.t_received) * 1000, 2),
+            "prompt_tokens": call.prompt_tokens,
+            "completion_tokens": call.completion_tokens,
+        }
+        if self.state.settings.log_debug_content:
+            body = call.body
+            fields["prompt"] = (
+                body.engine_messages()
+                if isinstance(body, ChatCompletionRequest)
+                else body.prompt_text()
+            )
+            fields["response"] = "".join(call.text)
+        log.info("completion %s", call.status, extra=fields)
 
     def _full_response(self, call: _Call) -> dict[str, Any]:
         text = "".join(call.text)
