@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -235,17 +236,29 @@ def verify_adapter_sigstore(
     _run_verification(config, adapter_dir, signature)
 
 
+@dataclass(frozen=True)
+class SigstoreIdentity:
+    """Who must have signed (keyless mode): the certificate's identity and its OIDC issuer."""
+
+    identity: str
+    oidc_issuer: str
+    use_staging: bool = False
+
+
 def make_verifier(
     public_key: Path | None,
     *,
     required: bool,
     on_refused: Callable[[AdapterRef, str], None] | None = None,
+    sigstore: SigstoreIdentity | None = None,
 ) -> Verifier:
     """An engine :data:`Verifier` checking ``ref.path`` against ``signature_path_for(ref.path)``.
 
-    ``required=False`` (development) lets an UNSIGNED adapter load, with a warning; a signature
-    that is present is always checked, and refused if it fails (or if there is no key to check
-    it with).  ``on_refused`` (the audit record) runs before the refusal is raised.
+    With ``sigstore`` the signature must be a keyless one by that identity; otherwise it is
+    checked against ``public_key``.  ``required=False`` (development) lets an UNSIGNED adapter
+    load, with a warning; a signature that is present is always checked, and refused if it
+    fails (or if there is no key to check it with).  ``on_refused`` (the audit record) runs
+    before the refusal is raised.
     """
 
     def verify(ref: AdapterRef) -> None:
@@ -254,12 +267,21 @@ def make_verifier(
             log.warning("loading UNSIGNED adapter %s (signatures not required)", ref.version_id)
             return
         try:
-            if public_key is None:
+            if sigstore is not None:
+                verify_adapter_sigstore(
+                    ref.path,
+                    signature,
+                    sigstore.identity,
+                    sigstore.oidc_issuer,
+                    use_staging=sigstore.use_staging,
+                )
+            elif public_key is None:
                 raise AdapterLoadRefused(
                     "missing public key: no signing public key is configured, "
                     "so no adapter signature can be checked"
                 )
-            verify_adapter(ref.path, public_key, signature)
+            else:
+                verify_adapter(ref.path, public_key, signature)
         except AdapterLoadRefused as exc:
             if on_refused is not None:
                 try:

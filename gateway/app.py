@@ -14,7 +14,12 @@ from gateway.api import errors as api_errors
 from gateway.api import health
 from gateway.api.middleware import RequestIdMiddleware
 from gateway.api.openai.router import router as openai_router
-from gateway.bootstrap import demo_bootstrap, print_demo_keys, resolve_base, signing_keys
+from gateway.bootstrap import (
+    adapter_verifier,
+    demo_bootstrap,
+    print_demo_keys,
+    resolve_base,
+)
 from gateway.cache import StaleIfErrorCache
 from gateway.config import Settings, get_settings
 from gateway.db.migrate import upgrade
@@ -27,14 +32,10 @@ log = logging.getLogger("flywheel")
 
 
 async def build_engine(settings: Settings, db: Database) -> Engine:
-    from adapters.signing import make_verifier
     from gateway.services.audit import refused_load_recorder
 
-    _, public = signing_keys(settings)
-    verifier = make_verifier(
-        public,
-        required=settings.require_signed_adapters,
-        on_refused=refused_load_recorder(db, asyncio.get_running_loop()),
+    verifier = adapter_verifier(
+        settings, on_refused=refused_load_recorder(db, asyncio.get_running_loop())
     )
     if settings.engine == "vllm":
         from gateway.engine.vllm import VLLMEngine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from adapters.validate import BaseSpec, base_spec_from_config
 from gateway.config import Settings
 from gateway.db.models import Tenant
 from gateway.db.session import Database
+from gateway.engine.base import AdapterRef, Verifier
 
 log = logging.getLogger("flywheel.bootstrap")
 
@@ -66,6 +68,58 @@ def signing_keys(settings: Settings) -> tuple[Path | None, Path | None]:
     return (private if private.exists() else None, public if public.exists() else None)
 
 
+def adapter_signer(settings: Settings) -> Callable[[Path], Path] | None:
+    """Sign an adapter directory the way this deployment signs; None where it cannot sign.
+
+    ``key`` mode signs with the ops private key (absent on gateway hosts, by design);
+    ``sigstore`` mode signs keylessly (an OIDC identity, Fulcio, Rekor: needs the network).
+    The callable returns the signature's path, written beside (never inside) the directory.
+    """
+    from adapters.signing import sign_adapter, sign_adapter_sigstore, signature_path_for
+
+    if settings.signing_mode == "sigstore":
+        token = settings.signing_identity_token
+        return lambda path: sign_adapter_sigstore(
+            path,
+            signature_path_for(path),
+            use_staging=settings.signing_sigstore_staging,
+            identity_token=token.get_secret_value() if token else None,
+        )
+    private, _ = signing_keys(settings)
+    if private is None:
+        return None
+    return lambda path: sign_adapter(path, private, signature_path_for(path))
+
+
+def adapter_verifier(
+    settings: Settings,
+    on_refused: Callable[[AdapterRef, str], None] | None = None,
+    *,
+    required: bool | None = None,
+) -> Verifier:
+    """The signature check every engine runs before a load (key or Sigstore, per settings)."""
+    from adapters.signing import SigstoreIdentity, make_verifier
+
+    required = settings.require_signed_adapters if required is None else required
+    if settings.signing_mode == "sigstore":
+        if not (settings.signing_identity and settings.signing_oidc_issuer):
+            settings.check_production()  # raises the message naming both settings
+        assert settings.signing_identity and settings.signing_oidc_issuer
+        identity = SigstoreIdentity(
+            settings.signing_identity,
+            settings.signing_oidc_issuer,
+            settings.signing_sigstore_staging,
+        )
+        return make_verifier(None, required=required, on_refused=on_refused, sigstore=identity)
+    _, public = signing_keys(settings)
+    return make_verifier(public, required=required, on_refused=on_refused)
+
+
+def check_signature(settings: Settings, path: Path, version_id: str) -> None:
+    """Verify a stored adapter's signature now; raises AdapterLoadRefused when it fails."""
+    adapter_verifier(settings, required=True)(AdapterRef("verify", path, version_id))
+
+
 async def demo_bootstrap(
     db: Database, settings: Settings, base: BaseModel
 ) -> list[tuple[str, str]]:
@@ -75,13 +129,12 @@ async def demo_bootstrap(
     """
     from adapters.demo import build_demo_adapter
     from adapters.registry import add_version
-    from adapters.signing import sign_adapter, signature_path_for
     from gateway.services.tenants import create_key, create_tenant
 
     async with db.session() as session:
         if await session.scalar(select(func.count()).select_from(Tenant)):
             return []
-    private, _ = signing_keys(settings)
+    signer = adapter_signer(settings)
     created: list[tuple[str, str]] = []
     async with db.transaction() as session:
         for name, seed in DEMO_TENANTS:
@@ -100,11 +153,8 @@ async def demo_bootstrap(
                 max_rank=settings.max_lora_rank,
                 actor="bootstrap",
             )
-            if private is not None:
-                stored = Path(version.path)
-                version.signature_path = str(
-                    sign_adapter(stored, private, signature_path_for(stored))
-                )
+            if signer is not None:
+                version.signature_path = str(signer(Path(version.path)))
             created.append((name, secret))
     return created
 

@@ -130,6 +130,24 @@ class Settings(BaseSettings):
     signing_mode: Literal["key", "sigstore"] = _f(
         "key", "`key` (default) or `sigstore` keyless signing (needs network, OIDC identity)."
     )
+    signing_identity: str | None = _f(
+        None,
+        "Sigstore mode: the signer identity every adapter signature must carry (an e-mail or a "
+        "workload URI). Required with `FLYWHEEL_SIGNING_MODE=sigstore`.",
+    )
+    signing_oidc_issuer: str | None = _f(
+        None,
+        "Sigstore mode: the OIDC issuer of that identity (for example "
+        "`https://token.actions.githubusercontent.com`). Required with sigstore.",
+    )
+    signing_identity_token: SecretStr | None = _f(
+        None,
+        "Sigstore mode, where adapters are signed (the worker): an OIDC identity token, as a CI "
+        "job gets one. Empty: the library's interactive browser flow.",
+    )
+    signing_sigstore_staging: bool = _f(
+        False, "Sigstore mode: use Sigstore's staging instance (for trying it out)."
+    )
     require_signed_adapters: bool = _f(True, "Refuse to load an adapter without a valid signature.")
 
     # --- retraining and the gate --------------------------------------------------------------
@@ -189,6 +207,13 @@ class Settings(BaseSettings):
             )
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 32:
             raise ValueError("FLYWHEEL_ADMIN_TOKEN must be at least 32 characters")
+        if self.signing_mode == "sigstore" and not (
+            self.signing_identity and self.signing_oidc_issuer
+        ):
+            raise ValueError(
+                "FLYWHEEL_SIGNING_MODE=sigstore needs FLYWHEEL_SIGNING_IDENTITY and "
+                "FLYWHEEL_SIGNING_OIDC_ISSUER: the identity every adapter must be signed by"
+            )
 
 
 @lru_cache

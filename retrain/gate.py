@@ -21,7 +21,7 @@ from adapters.golden import golden_for_gate
 from adapters.promotion import adapter_ref
 from adapters.registry import get_adapter, get_version
 from gateway import metrics
-from gateway.bootstrap import BaseModel, resolve_base, signing_keys
+from gateway.bootstrap import BaseModel, adapter_signer, resolve_base
 from gateway.config import Settings
 from gateway.db.models import AdapterVersion, GateReport, TrainingRound
 from gateway.db.session import Database
@@ -285,12 +285,9 @@ async def run_gate(
 
 def _sign(settings: Settings, version: AdapterVersion) -> bool:
     """Sign a passing candidate with the ops key when one is configured here."""
-    from adapters.signing import sign_adapter, signature_path_for
-
-    private, _ = signing_keys(settings)
-    if private is None:
+    signer = adapter_signer(settings)
+    if signer is None:
         log.warning("no signing key here: %s stays unsigned and cannot be loaded", version.id)
         return False
-    path = Path(version.path)
-    version.signature_path = str(sign_adapter(path, private, signature_path_for(path)))
+    version.signature_path = str(signer(Path(version.path)))
     return True

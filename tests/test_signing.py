@@ -193,3 +193,31 @@ def test_failing_on_refused_does_not_hide_the_refusal(
 
     with pytest.raises(AdapterLoadRefused, match="missing signature"):
         make_verifier(keys[1], required=True, on_refused=broken)(_ref(adapter))
+
+
+def test_sigstore_mode_checks_keyless_signatures_not_the_key(adapter: Path, tmp_path: Path) -> None:
+    """FLYWHEEL_SIGNING_MODE=sigstore swaps the check itself; offline it can only refuse.
+
+    Keyless verification needs Sigstore's trust root from the network, which this machine does
+    not have, so the positive path is not exercised here (docs/gate.md says so).  What is
+    checked: a key-signed adapter that the key check accepts is refused in sigstore mode, by
+    the Sigstore verifier, and the mode cannot be chosen without the signer's identity.
+    """
+    from gateway.bootstrap import adapter_signer, adapter_verifier
+    from gateway.config import Settings
+
+    key_mode = Settings(data_dir=tmp_path / "data")
+    signer = adapter_signer(key_mode)
+    assert signer is not None
+    signer(adapter)
+    adapter_verifier(key_mode)(_ref(adapter))  # the key check accepts it
+    sigstore = Settings(
+        data_dir=tmp_path / "data",
+        signing_mode="sigstore",
+        signing_identity="ops@example.com",
+        signing_oidc_issuer="https://issuer.example.com",
+    )
+    with pytest.raises(AdapterLoadRefused, match="Sigstore"):
+        adapter_verifier(sigstore)(_ref(adapter))
+    with pytest.raises(ValueError, match="FLYWHEEL_SIGNING_IDENTITY"):
+        Settings(data_dir=tmp_path / "data", signing_mode="sigstore").check_production()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.registry import add_version, get_adapter, get_version
-from gateway.bootstrap import resolve_base, signing_keys
+from gateway.bootstrap import adapter_signer, check_signature, resolve_base
 from gateway.config import Settings
 from gateway.db.models import AdapterVersion
 from gateway.errors import InvalidRequest
@@ -39,7 +40,7 @@ async def add_adapter(
     With ``sign`` the stored copy is signed with the ops private key; with ``signature`` a
     bundle made elsewhere is stored beside it and must verify against the trusted public key.
     """
-    from adapters.signing import sign_adapter, signature_path_for, verify_adapter
+    from adapters.signing import signature_path_for
 
     tenant = await get_tenant(session, tenant_name)
     base = resolve_base(settings)
@@ -56,19 +57,12 @@ async def add_adapter(
     )
     stored = Path(version.path)
     sig_path = signature_path_for(stored)
-    private, public = signing_keys(settings)
     if signature is not None:
-        if public is None:
-            raise InvalidRequest("no trusted public key configured (FLYWHEEL_SIGNING_PUBLIC_KEY)")
         shutil.copyfile(signature, sig_path)
-        verify_adapter(stored, public, sig_path)
+        check_signature(settings, stored, version.id)
         version.signature_path = str(sig_path)
     elif sign:
-        if private is None:
-            raise InvalidRequest(
-                "no signing key: run `flywheel keys signing-init` or set FLYWHEEL_SIGNING_PRIVATE_KEY"
-            )
-        version.signature_path = str(sign_adapter(stored, private, sig_path))
+        version.signature_path = str(_signer(settings)(stored))
     elif sig_path.exists():
         version.signature_path = str(sig_path)  # same content was signed before
     audit.record(
@@ -83,20 +77,23 @@ async def add_adapter(
     return Added(version, version.signature_path is not None)
 
 
+def _signer(settings: Settings) -> Callable[[Path], Path]:
+    signer = adapter_signer(settings)
+    if signer is None:
+        raise InvalidRequest(
+            "no signing key: run `flywheel keys signing-init` or set FLYWHEEL_SIGNING_PRIVATE_KEY"
+        )
+    return signer
+
+
 async def verify_version(
     session: AsyncSession, settings: Settings, *, tenant_name: str, name: str, version: int
 ) -> AdapterVersion:
     """Verify a stored version's signature; raises AdapterLoadRefused when it fails."""
-    from adapters.signing import signature_path_for, verify_adapter
-    from gateway.errors import AdapterLoadRefused
-
     tenant = await get_tenant(session, tenant_name)
     adapter = await get_adapter(session, tenant.id, name)
     row = await get_version(session, adapter, version)
-    _, public = signing_keys(settings)
-    if public is None:
-        raise AdapterLoadRefused("no trusted public key configured (FLYWHEEL_SIGNING_PUBLIC_KEY)")
-    verify_adapter(Path(row.path), public, signature_path_for(Path(row.path)))
+    check_signature(settings, Path(row.path), row.id)
     return row
 
 
@@ -104,17 +101,11 @@ async def sign_version(
     session: AsyncSession, settings: Settings, *, tenant_name: str, name: str, version: int
 ) -> AdapterVersion:
     """Sign an already stored version (rejected versions are never signed)."""
-    from adapters.signing import sign_adapter, signature_path_for
-
     tenant = await get_tenant(session, tenant_name)
     row = await get_version(session, await get_adapter(session, tenant.id, name), version)
     if row.state == "rejected":
         raise InvalidRequest(f"{name}@{version} was rejected by the gate; it is never signed")
-    private, _ = signing_keys(settings)
-    if private is None:
-        raise InvalidRequest("no signing key: set FLYWHEEL_SIGNING_PRIVATE_KEY")
-    stored = Path(row.path)
-    row.signature_path = str(sign_adapter(stored, private, signature_path_for(stored)))
+    row.signature_path = str(_signer(settings)(Path(row.path)))
     audit.record(
         session,
         actor="cli",

@@ -7,6 +7,7 @@ the version is verified and probed before the route flips, and gateways started 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -67,18 +68,19 @@ async def offline_swap(
     actor: str,
 ) -> dict[str, Any]:
     from adapters.promotion import Promoter
-    from adapters.signing import make_verifier
-    from gateway.bootstrap import resolve_base, signing_keys
+    from gateway.bootstrap import adapter_verifier, resolve_base
     from gateway.engine.embedded import EmbeddedEngine
+    from gateway.services.audit import refused_load_recorder
 
     base = resolve_base(settings)
-    _, public = signing_keys(settings)
     engine = EmbeddedEngine(
         base.path,
         base_model_name=base.name,
         device=settings.device,
         dtype=settings.dtype,
-        verifier=make_verifier(public, required=settings.require_signed_adapters),
+        verifier=adapter_verifier(
+            settings, on_refused=refused_load_recorder(db, asyncio.get_running_loop())
+        ),
     )
     await engine.start()
     try:
