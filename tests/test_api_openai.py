@@ -270,6 +270,33 @@ async def test_unexpected_error_is_a_500_with_request_id_and_cleans_up(
     assert not state.completions._inflight  # the call was finished, not leaked
 
 
+async def test_nul_characters_are_served_and_logged(gw: Gateway) -> None:
+    """U+0000 from a client (or a model) reaches the log on PostgreSQL too, as U+FFFD."""
+    from sqlalchemy import select
+
+    from gateway.db.models import Completion, Feedback
+
+    body = {**CHAT, "messages": [{"role": "user", "content": "a\u0000b"}], "user": "nul\u0000user"}
+    r = await gw.client.post("/v1/chat/completions", json=body, headers=auth(gw.a))
+    assert r.status_code == 200, r.text
+    cid = r.json()["id"]
+    fb = await gw.client.post(
+        "/v1/feedback",
+        json={"completion_id": cid, "rating": "down", "edited_output": "better\u0000answer"},
+        headers=auth(gw.a),
+    )
+    assert fb.status_code == 200, fb.text
+    state = gw.app.state.flywheel
+    assert await state.completions.flush()
+    async with gw.db.session() as session:
+        row = await session.get(Completion, cid)
+        assert row is not None and row.end_user is not None and "user" in row.end_user
+        edited = await session.scalar(
+            select(Feedback.edited_output).where(Feedback.completion_id == cid)
+        )
+        assert edited is not None and edited.startswith("better")
+
+
 async def test_malformed_json_and_oversized(gw: Gateway) -> None:
     r = await gw.client.post(
         "/v1/chat/completions",

@@ -32,7 +32,29 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    event.listen(engine.sync_engine, "before_cursor_execute", _no_nul, retval=True)
+    return engine
+
+
+NUL, REPLACEMENT = "\x00", "\ufffd"
+
+
+def _clean(value: Any) -> Any:
+    return value.replace(NUL, REPLACEMENT) if isinstance(value, str) and NUL in value else value
+
+
+def _no_nul(
+    _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+) -> tuple[str, Any]:
+    """PostgreSQL text cannot hold U+0000, and a model or a client can produce it: a completion
+    whose answer contained one failed its insert and was spooled forever.  Every text parameter
+    has NUL replaced by U+FFFD, in writes and in lookups alike, so both still match."""
+    if executemany:
+        return statement, [tuple(_clean(v) for v in row) for row in parameters]
+    if isinstance(parameters, tuple | list):
+        return statement, type(parameters)(_clean(v) for v in parameters)
+    return statement, parameters
 
 
 class Database:
