@@ -9,6 +9,7 @@ that differs between machines for the same base, so a mismatch there is only rep
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class BaseSpec:
 
     name: str
     linear: dict[str, tuple[int, int]]
+    layers: int = 0  # decoder layers; 0: unknown (layer indices are then not checked)
 
 
 def base_spec_from_config(base_path: Path, name: str) -> BaseSpec:
@@ -53,7 +55,7 @@ def base_spec_from_config(base_path: Path, name: str) -> BaseSpec:
         "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
     }
-    return BaseSpec(name=name, linear=linear)
+    return BaseSpec(name=name, linear=linear, layers=int(cfg.get("num_hidden_layers") or 0))
 
 
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -115,6 +117,12 @@ def _check_tensors(shapes: dict[str, list[int]], base: BaseSpec, rank: int) -> s
             raise AdapterInvalid(
                 f"target module {module!r} does not exist in base {base.name!r} "
                 f"(linear modules: {', '.join(sorted(base.linear))})"
+            )
+        layer = re.search(r"\.layers\.(\d+)\.", key)
+        if base.layers and layer and int(layer.group(1)) >= base.layers:
+            raise AdapterInvalid(
+                f"tensor {key} targets layer {layer.group(1)}, but base {base.name!r} has "
+                f"{base.layers} layers: the adapter was trained on a different base"
             )
         fan_in, fan_out = base.linear[module]
         expected = [rank, fan_in] if ".lora_A." in key else [fan_out, rank]

@@ -80,7 +80,7 @@ async def run(requests: int, blocks: int) -> dict[str, Any]:
                 from gateway.services.tenants import update_tenant
 
                 async with state.db.transaction() as session:
-                    await update_tenant(session, "bench", rpm_limit=10**9, tpm_limit=10**12)
+                    await update_tenant(session, "bench", rpm_limit=2**31 - 1, tpm_limit=2**31 - 1)
                 key = {"Authorization": f"Bearer {tenant.key}"}
                 real = state.completions
                 off = DroppingLog(

@@ -87,7 +87,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     limiter = build_limiter(settings)
     try:
         await engine.start()
-        if settings.demo_bootstrap and settings.engine == "embedded":
+        if (
+            settings.demo_bootstrap
+            and settings.engine == "embedded"
+            and settings.environment == "development"
+        ):
             base = await asyncio.to_thread(resolve_base, settings)
             print_demo_keys(await demo_bootstrap(db, settings, base))
         await completions.start()

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     max_lora_rank: int = _f(64, "Highest LoRA rank accepted at registration.")
     max_loras: int = _f(64, "Adapters resident in the embedded engine at once (LRU beyond that).")
     demo_bootstrap: bool = _f(
-        True, "On first start with an empty database, create two demo tenants and adapters."
+        True,
+        "On first start with an empty database (development only), create two demo tenants "
+        "and adapters and print their keys once.",
     )
 
     # --- vLLM backend -------------------------------------------------------------------------

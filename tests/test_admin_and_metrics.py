@@ -95,6 +95,9 @@ async def test_admin_actions_are_audited(env: Env) -> None:
     assert set(stats) >= {"completions", "up", "down", "edits"}
     bad = await c.patch("/admin/tenants/via-admin", json={"rpm_limit": "lots"}, headers=h)
     assert bad.status_code == 400
+    # Past the INTEGER column: a 400 naming the field, not a database error (a 500 before).
+    huge = await c.patch("/admin/tenants/via-admin", json={"tpm_limit": 10**12}, headers=h)
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "tpm_limit"
     async with env.app.state.flywheel.db.session() as s:
         actions = list(
             await s.scalars(select(AuditEvent.action).where(AuditEvent.actor.like("admin:%")))

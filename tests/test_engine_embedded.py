@@ -434,3 +434,37 @@ def test_a_row_whose_sampling_fails_fails_alone() -> None:
     picked = sample(logits, cast(Any, rows))
     assert picked[0] == 1 and picked[2] == 2  # the last one is greedy: 1e-9 is below 1e-5
     assert isinstance(picked[1], RuntimeError)
+
+
+def test_batched_lora_matches_peft_mixed_batches(
+    demo_base: Path, demo_adapters: list[Path], tmp_path: Path
+) -> None:
+    """The router's two batched matmuls per layer compute what PEFT's per-adapter loop does."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapters.demo import build_demo_adapter
+    from gateway.engine.embedded_lora import BASE_ADAPTER, AdapterRouter
+
+    model: Any = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(demo_base), demo_adapters[0], adapter_name="a0"
+    )
+    model.load_adapter(demo_adapters[1], adapter_name="a1")
+    wide = build_demo_adapter(demo_base, tmp_path / "wide", seed=7, rank=16)  # another rank
+    model.load_adapter(wide, adapter_name="wide")
+    model.eval()
+    names = ["a1", BASE_ADAPTER, "a0", "wide", "a1"]
+    ids = torch.randint(5, 400, (len(names), 7), generator=torch.Generator().manual_seed(0))
+    router = AdapterRouter()
+    with torch.no_grad():
+        expected = model(input_ids=ids, adapter_names=names).logits
+        router.attach(model)
+        assert router.batched
+        with router.route(names):
+            got = model(input_ids=ids).logits
+        router.detach()
+        plain = model(input_ids=ids, adapter_names=names).logits  # hooks gone: PEFT's again
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(plain, expected)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the adapters do change the rows

@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -168,3 +169,41 @@ async def test_keys_use_the_prefix_and_expire(
         assert all(0 < ttl <= 180 for ttl in ttls), ttls
     finally:
         await client.aclose()
+
+
+async def test_two_gateways_share_a_tenants_limit(
+    prefix: str,
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path: Path,
+) -> None:
+    """Two whole gateway apps (two replicas) on one database and one Redis: N, not 2N."""
+    from gateway.app import create_app
+    from gateway.services.tenants import update_tenant
+    from tests.helpers import make_settings, running_app, seed_tenant
+
+    settings = make_settings(tmp_path / "a", fresh_database_url, demo_base, redis_url=REDIS_URL)
+    # Each replica has its own data directory (its own spool), and trusts the same signing key.
+    other = make_settings(
+        tmp_path / "b",
+        fresh_database_url,
+        demo_base,
+        redis_url=REDIS_URL,
+        signing_public_key=tmp_path / "a" / "signing" / "signing.pub",
+    )
+    first, second = create_app(settings), create_app(other)
+    async with running_app(first) as a, running_app(second) as b:
+        db = first.state.flywheel.db
+        tenant = await seed_tenant(
+            db, settings, f"shared-{prefix[7:15]}", {"bot": demo_adapters[0]}
+        )
+        async with db.transaction() as session:
+            await update_tenant(session, tenant.name, rpm_limit=6)
+        auth = {"Authorization": f"Bearer {tenant.key}"}
+        body = {"model": "bot", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        statuses = [
+            (await client.post("/v1/chat/completions", json=body, headers=auth)).status_code
+            for client in [a, b] * 6
+        ]
+    assert statuses.count(200) == 6 and statuses.count(429) == 6, statuses

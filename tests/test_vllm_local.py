@@ -301,7 +301,8 @@ async def test_replica_frozen_then_killed(
     survivor = replicas[0]
     try:
         wait_ready([victim])
-        settings = engine_settings(tmp_path, [victim.url, survivor.url], vllm_request_timeout_s=3)
+        # The default read timeout (600 s) stays: the health check, not a timeout, ends the wait.
+        settings = engine_settings(tmp_path, [victim.url, survivor.url])
         engine = VLLMEngine(settings)
         await engine.start()
         on_victim, on_survivor = refs(demo_adapters, "kill", 2)
@@ -309,13 +310,14 @@ async def test_replica_frozen_then_killed(
         assert on_victim.engine_name in held(victim.url)  # placement: ties go to the URL order
         assert on_survivor.engine_name in held(survivor.url)
 
-        # Frozen (SIGSTOP): the connection opens but nothing answers; the read timeout ends the
-        # wait and, no token having been sent, the request runs on the survivor instead.
+        # Frozen (SIGSTOP): the connection opens but nothing answers.  The next health check
+        # times out (5 s) and takes it out of rotation, which ends the requests waiting on it;
+        # no token having been sent, they run on the survivor instead.
         victim.proc.send_signal(signal.SIGSTOP)
         started = time.monotonic()
-        outs = await asyncio.wait_for(
-            asyncio.gather(*(text(engine, req(on_victim, 64)) for _ in range(4))), 30
-        )
+        pending = asyncio.gather(*(text(engine, req(on_victim, 64)) for _ in range(4)))
+        assert await engine.replicas[0].check() is False
+        outs = await asyncio.wait_for(pending, 30)
         assert outs == [expected[on_victim.engine_name]] * 4
         assert time.monotonic() - started < 15
         assert not engine.replicas[0].usable and on_victim.engine_name in held(survivor.url)

@@ -18,8 +18,9 @@ The bare base model needs no slot: it goes to the usable replica with the fewest
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.engine.residency import Residency
 from gateway.engine.vllm_client import ReplicaDown, UpstreamError, VLLMClient
@@ -47,6 +48,9 @@ class Replica:
     last_error: str | None = None  # why it is out of rotation
     loads: int = 0  # adapter loads and evictions done here, for metrics
     evictions: int = 0
+    # Set when the replica leaves rotation, so requests waiting on it stop at once instead of
+    # at the read timeout (a frozen server keeps its connections open and answers nothing).
+    went_down: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def usable(self) -> bool:
@@ -76,6 +80,8 @@ class Replica:
         self.base_name = models.base
         self.residency.sync(models.adapters, since=since)
         self.healthy, self.last_error = True, None
+        if self.went_down.is_set():
+            self.went_down = asyncio.Event()
         if was_usable or not self.usable:
             return False
         log.info("vLLM replica %s is in rotation (%d adapters)", self.url, len(self.residency))
@@ -86,6 +92,7 @@ class Replica:
         if self.healthy:
             log.warning("vLLM replica %s is out of rotation: %s", self.url, reason)
         self.healthy, self.last_error = False, reason
+        self.went_down.set()
         # Probe the adapter routes again when it is back: it may have been restarted otherwise.
         if self.lora_api:
             self.lora_api = None

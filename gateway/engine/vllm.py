@@ -378,8 +378,9 @@ class VLLMEngine:
             try:
                 body["model"] = name if name is not None else replica.base_name
                 chunks = relay(replica.client.stream(kind, body), kind)
-                async with contextlib.aclosing(chunks):
-                    async for chunk in chunks:
+                guarded = unless_down(chunks, replica)
+                async with contextlib.aclosing(chunks), contextlib.aclosing(guarded):
+                    async for chunk in guarded:
                         sent = True
                         yield chunk
                 return
@@ -399,6 +400,38 @@ class VLLMEngine:
                 raise generation_error(replica, exc) from exc
             finally:
                 self._release(replica, name)
+
+
+async def unless_down(
+    chunks: AsyncGenerator[GenerationChunk, None], replica: Replica
+) -> AsyncGenerator[GenerationChunk, None]:
+    """``chunks``, or ReplicaDown as soon as a health check takes ``replica`` out of rotation.
+
+    A frozen replica (stopped, or wedged) keeps the connection open and sends nothing; without
+    this a request waits for the read timeout, minutes by default.  Before any token was sent
+    the caller retries on another replica; mid-answer the client gets an error, not a hang.
+    """
+    down = replica.went_down
+    waiter = asyncio.ensure_future(down.wait())
+    step: asyncio.Future[GenerationChunk] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(chunks))
+            await asyncio.wait((step, waiter), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                raise ReplicaDown(f"{replica.url} left rotation: {replica.last_error}")
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            step = None
+            yield chunk
+    finally:
+        waiter.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step  # the upstream generator must be idle before it is closed
 
 
 def generation_error(replica: Replica, exc: UpstreamError) -> FlywheelError:

@@ -47,10 +47,17 @@ async def create_tenant(session: AsyncSession, name: str, **settings: Any) -> Te
     return tenant
 
 
+INT_MAX = 2**31 - 1  # the integer columns (PostgreSQL INTEGER)
+
+
 def _apply(tenant: Tenant, settings: dict[str, Any]) -> None:
     unknown = set(settings) - TENANT_SETTINGS
     if unknown:
         raise InvalidRequest(f"Unknown tenant setting(s): {', '.join(sorted(unknown))}")
+    for key in ("rpm_limit", "tpm_limit", "retention_days", "retrain_min_feedback"):
+        value = settings.get(key)
+        if isinstance(value, int) and not 1 <= value <= INT_MAX:
+            raise InvalidRequest(f"{key} must be between 1 and {INT_MAX}.", param=key)
     for key, value in settings.items():
         setattr(tenant, key, value)
 

@@ -12,14 +12,14 @@ class _Strict(BaseModel):
 
 
 class TenantSettings(_Strict):
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
+    rpm_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tpm_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)
     store_content: bool | None = None
-    retention_days: int | None = Field(default=None, ge=1)
+    retention_days: int | None = Field(default=None, ge=1, le=2**31 - 1)
     cors_origins: list[str] | None = None
     auto_promote: bool | None = None
     retrain_enabled: bool | None = None
-    retrain_min_feedback: int | None = Field(default=None, ge=1)
+    retrain_min_feedback: int | None = Field(default=None, ge=1, le=2**31 - 1)
     retrain_max_age_hours: float | None = Field(default=None, gt=0)
     gate_thresholds: dict[str, float] | None = None
     disabled: bool | None = None
