@@ -154,6 +154,14 @@ class Settings(BaseSettings):
 
     # --- retraining and the gate --------------------------------------------------------------
     retrain_min_rows: int = _f(16, "Fewest feedback rows a round trains on; fewer is refused.")
+    retrain_min_pairs: int = _f(
+        10, "Fewest edit pairs for DPO; with fewer, edits join a KTO round (or it is refused)."
+    )
+    retrain_max_imbalance: float = _f(
+        10.0,
+        "Largest desirable:undesirable ratio (either way) a KTO round accepts; beyond it the "
+        "round is refused rather than reweighted.",
+    )
     retrain_heldout_fraction: float = _f(0.2, "Share of a round's feedback held out for the gate.")
     retrain_round_timeout_s: float = _f(
         3600.0, "A running round whose worker stopped heartbeating this long is retried."

@@ -109,7 +109,14 @@ async def prepare(
     n_up = sum(1 for r in rows if r.edit is None and r.rating == "up")
     n_down = sum(1 for r in rows if r.edit is None and r.rating == "down")
     plan = make_plan(
-        n_pairs, n_up, n_down, method, overrides=overrides, min_kto_rows=settings.retrain_min_rows
+        n_pairs,
+        n_up,
+        n_down,
+        method,
+        overrides=overrides,
+        min_pairs=settings.retrain_min_pairs,
+        min_kto_rows=settings.retrain_min_rows,
+        max_imbalance=settings.retrain_max_imbalance,
     )
     data: list[KTORow] | list[DPORow]
     if plan.method == "dpo":

@@ -256,7 +256,9 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
     try:
         async with heartbeating(db, settings, row.id, worker):
             prepared = await prepare(db, settings, tenant=tenant.name, adapter=adapter.name)
-            outcome = await run_round(db, settings, prepared, round_id=row.id)
+            outcome = await run_round(
+                db, settings, prepared, round_id=row.id, progress=_log_progress(row.id)
+            )
         if outcome.gate_passed and tenant.auto_promote:
             from gateway.services.swap import remote_swap
 
@@ -272,6 +274,25 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
         # retried automatically (a worker that *died* is, through recover()).
         message = exc.message if isinstance(exc, FlywheelError) else f"{type(exc).__name__}: {exc}"
         await _fail(db, row.id, message)
+
+
+def _log_progress(round_id: str) -> Any:
+    """TRL's per-step metrics as log lines (the CLI prints the same to stderr)."""
+    keys = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies")
+
+    def progress(event: dict[str, Any]) -> None:
+        fields = {k.replace("/", "_"): event[k] for k in keys if k in event}
+        if fields:
+            log.info(
+                "round %s: %s",
+                round_id,
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in fields.items()
+                ),
+            )
+
+    return progress
 
 
 @asynccontextmanager
