@@ -10,6 +10,7 @@ from gateway.cli.common import clean_errors, out, run_db, settings
 from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.services import tenants as svc
+from gateway.services.audit import cli_actor
 
 app = typer.Typer(no_args_is_help=True, help="API keys and signing keys.")
 
@@ -21,7 +22,9 @@ def create(tenant: str) -> None:
 
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
-            _key, secret = await svc.create_key(session, await svc.get_tenant(session, tenant))
+            _key, secret = await svc.create_key(
+                session, await svc.get_tenant(session, tenant), by=cli_actor()
+            )
         return secret
 
     out(run_db(go))
@@ -35,7 +38,7 @@ def rotate(tenant: str) -> None:
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
             _key, secret, _revoked = await svc.rotate_keys(
-                session, await svc.get_tenant(session, tenant)
+                session, await svc.get_tenant(session, tenant), by=cli_actor()
             )
         return secret
 
@@ -49,7 +52,7 @@ def revoke(key_id: str) -> None:
 
     async def go(db: Database, _: Settings) -> None:
         async with db.transaction() as session:
-            await svc.revoke_key(session, key_id)
+            await svc.revoke_key(session, key_id, by=cli_actor())
 
     run_db(go)
     out(f"revoked {key_id}")

@@ -8,6 +8,7 @@ from gateway.cli.common import clean_errors, out, run_db
 from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.services import tenants as svc
+from gateway.services.audit import cli_actor
 
 app = typer.Typer(no_args_is_help=True, help="Tenants and their settings.")
 
@@ -23,8 +24,10 @@ def create(
 
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
-            tenant = await svc.create_tenant(session, name, rpm_limit=rpm, tpm_limit=tpm)
-            _key, secret = await svc.create_key(session, tenant)
+            tenant = await svc.create_tenant(
+                session, name, by=cli_actor(), rpm_limit=rpm, tpm_limit=tpm
+            )
+            _key, secret = await svc.create_key(session, tenant, by=cli_actor())
         return secret
 
     out(run_db(go))
@@ -75,7 +78,7 @@ def update(
 
     async def go(db: Database, _: Settings) -> None:
         async with db.transaction() as session:
-            await svc.update_tenant(session, name, **changes)
+            await svc.update_tenant(session, name, by=cli_actor(), **changes)
 
     run_db(go)
     out(f"updated {name}: {', '.join(f'{k}={v}' for k, v in changes.items()) or 'nothing'}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +18,44 @@ from gateway.db.session import Database
 from gateway.engine.base import AdapterRef
 
 log = logging.getLogger("flywheel.audit")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does an admin action, and from where: the audit table's "who" and "from where"."""
+
+    actor: str
+    remote_addr: str | None = None
+
+
+def cli_actor() -> Actor:
+    """The operator running a ``flywheel`` command on this host."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = "unknown"
+    return Actor(f"cli:{user}@{socket.gethostname()}")
+
+
+def record_by(
+    session: AsyncSession,
+    by: Actor | None,
+    action: str,
+    target: str,
+    tenant_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit row for ``by`` (nothing when None: internal callers and tests)."""
+    if by is not None:
+        record(
+            session,
+            actor=by.actor,
+            action=action,
+            target=target,
+            tenant_id=tenant_id,
+            remote_addr=by.remote_addr,
+            detail=detail,
+        )
 
 
 def record(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import ApiKey, Tenant
 from gateway.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
 from gateway.ids import hash_secret, new_id, new_secret
+from gateway.services.audit import Actor, record_by
 
 KEY_PREFIX = "fw-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -32,7 +33,9 @@ TENANT_SETTINGS = {
 }
 
 
-async def create_tenant(session: AsyncSession, name: str, **settings: Any) -> Tenant:
+async def create_tenant(
+    session: AsyncSession, name: str, *, by: Actor | None = None, **settings: Any
+) -> Tenant:
     if not _NAME.match(name):
         raise InvalidRequest(
             f"Invalid tenant name {name!r}: use letters, digits, '.', '_' or '-' (max 100).",
@@ -44,6 +47,7 @@ async def create_tenant(session: AsyncSession, name: str, **settings: Any) -> Te
     _apply(tenant, settings)
     session.add(tenant)
     await session.flush()
+    record_by(session, by, "tenant.create", tenant.name, tenant.id, _jsonable(settings))
     return tenant
 
 
@@ -62,11 +66,21 @@ def _apply(tenant: Tenant, settings: dict[str, Any]) -> None:
         setattr(tenant, key, value)
 
 
-async def update_tenant(session: AsyncSession, name_or_id: str, **settings: Any) -> Tenant:
+async def update_tenant(
+    session: AsyncSession, name_or_id: str, *, by: Actor | None = None, **settings: Any
+) -> Tenant:
     tenant = await get_tenant(session, name_or_id)
     _apply(tenant, settings)
     await session.flush()
+    record_by(session, by, "tenant.update", tenant.name, tenant.id, _jsonable(settings))
     return tenant
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, int | float | str | bool | list | dict) or v is None else str(v)
+        for k, v in settings.items()
+    }
 
 
 async def get_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
@@ -82,7 +96,9 @@ async def list_tenants(session: AsyncSession) -> list[Tenant]:
     return list(await session.scalars(select(Tenant).order_by(Tenant.name)))
 
 
-async def create_key(session: AsyncSession, tenant: Tenant) -> tuple[ApiKey, str]:
+async def create_key(
+    session: AsyncSession, tenant: Tenant, *, by: Actor | None = None
+) -> tuple[ApiKey, str]:
     """Return the stored key row and the plain key, which is shown once and never stored."""
     secret = new_secret(KEY_PREFIX)
     key = ApiKey(
@@ -90,10 +106,13 @@ async def create_key(session: AsyncSession, tenant: Tenant) -> tuple[ApiKey, str
     )
     session.add(key)
     await session.flush()
+    record_by(session, by, "key.create", key.id, tenant.id)
     return key, secret
 
 
-async def rotate_keys(session: AsyncSession, tenant: Tenant) -> tuple[ApiKey, str, list[str]]:
+async def rotate_keys(
+    session: AsyncSession, tenant: Tenant, *, by: Actor | None = None
+) -> tuple[ApiKey, str, list[str]]:
     """Issue a new key and revoke every other live key of the tenant."""
     old = list(
         await session.scalars(
@@ -105,16 +124,19 @@ async def rotate_keys(session: AsyncSession, tenant: Tenant) -> tuple[ApiKey, st
     for k in old:
         k.revoked_at = now
     await session.flush()
-    return key, secret, [k.id for k in old]
+    revoked = [k.id for k in old]
+    record_by(session, by, "key.rotate", key.id, tenant.id, {"revoked": revoked})
+    return key, secret, revoked
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+async def revoke_key(session: AsyncSession, key_id: str, *, by: Actor | None = None) -> ApiKey:
     key = await session.get(ApiKey, key_id)
     if key is None:
         raise NotFound(f"No key {key_id!r}.", param="key_id")
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         await session.flush()
+    record_by(session, by, "key.revoke", key_id, key.tenant_id)
     return key
 
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from gateway.api.deps import StateDep, bearer_token
 from gateway.services.admin_tokens import check_admin_token
+from gateway.services.audit import Actor
 
-
-@dataclass(frozen=True)
-class AdminContext:
-    actor: str
-    remote_addr: str | None
+AdminContext = Actor  # the admin token's actor and the client's address, for the audit table
 
 
 async def get_admin(request: Request, state: StateDep) -> AdminContext:

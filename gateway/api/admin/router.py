@@ -87,16 +87,8 @@ async def create_tenant(body: TenantCreate, admin: AdminDep, state: StateDep) ->
     async with state.db.transaction() as session:
         changes = body.changes()
         changes.pop("name")
-        tenant = await tenant_svc.create_tenant(session, body.name, **changes)
-        key, secret = await tenant_svc.create_key(session, tenant)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="tenant.create",
-            target=tenant.name,
-            tenant_id=tenant.id,
-            remote_addr=admin.remote_addr,
-        )
+        tenant = await tenant_svc.create_tenant(session, body.name, by=admin, **changes)
+        key, secret = await tenant_svc.create_key(session, tenant, by=admin)
     return {"tenant": _tenant(tenant), "key_id": key.id, "api_key": secret}
 
 
@@ -105,16 +97,7 @@ async def update_tenant(
     name: str, body: TenantSettings, admin: AdminDep, state: StateDep
 ) -> dict[str, Any]:
     async with state.db.transaction() as session:
-        tenant = await tenant_svc.update_tenant(session, name, **body.changes())
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="tenant.update",
-            target=name,
-            tenant_id=tenant.id,
-            remote_addr=admin.remote_addr,
-            detail=body.changes(),
-        )
+        tenant = await tenant_svc.update_tenant(session, name, by=admin, **body.changes())
     state.auth_cache.invalidate()
     return _tenant(tenant)
 
@@ -132,15 +115,7 @@ async def list_keys(name: str, admin: AdminDep, state: StateDep) -> list[dict[st
 async def create_key(name: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
     async with state.db.transaction() as session:
         tenant = await tenant_svc.get_tenant(session, name)
-        key, secret = await tenant_svc.create_key(session, tenant)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="key.create",
-            target=key.id,
-            tenant_id=tenant.id,
-            remote_addr=admin.remote_addr,
-        )
+        key, secret = await tenant_svc.create_key(session, tenant, by=admin)
     return {**_key(key), "api_key": secret}
 
 
@@ -148,16 +123,7 @@ async def create_key(name: str, admin: AdminDep, state: StateDep) -> dict[str, A
 async def rotate_keys(name: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
     async with state.db.transaction() as session:
         tenant = await tenant_svc.get_tenant(session, name)
-        key, secret, revoked = await tenant_svc.rotate_keys(session, tenant)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="key.rotate",
-            target=key.id,
-            tenant_id=tenant.id,
-            remote_addr=admin.remote_addr,
-            detail={"revoked": revoked},
-        )
+        key, secret, revoked = await tenant_svc.rotate_keys(session, tenant, by=admin)
     state.auth_cache.invalidate()
     return {**_key(key), "api_key": secret, "revoked": revoked}
 
@@ -165,15 +131,7 @@ async def rotate_keys(name: str, admin: AdminDep, state: StateDep) -> dict[str, 
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, admin: AdminDep, state: StateDep) -> dict[str, Any]:
     async with state.db.transaction() as session:
-        key = await tenant_svc.revoke_key(session, key_id)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="key.revoke",
-            target=key_id,
-            tenant_id=key.tenant_id,
-            remote_addr=admin.remote_addr,
-        )
+        key = await tenant_svc.revoke_key(session, key_id, by=admin)
     state.auth_cache.invalidate()
     return _key(key)
 
