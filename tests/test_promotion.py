@@ -250,3 +250,35 @@ async def test_swap_under_load_no_failures_one_version_per_response(env: Env) ->
     assert len(results) > 20
     for label, text in results:
         assert expected[label] == text, (label, text)
+
+
+async def test_another_gateway_serves_the_new_route_at_once(env: Env, tmp_path: Path) -> None:
+    """A second replica on the same database serves a promotion made on the first from its
+    next request: routes are read per request (FLYWHEEL_ROUTE_CACHE_TTL_S=0), so no restart
+    and no notification is needed."""
+    other = make_settings(
+        tmp_path,
+        env.settings.database_url,
+        Path(env.settings.base_model),
+        signing_public_key=env.settings.data_dir / "signing" / "signing.pub",
+    )
+    async with running_app(create_app(other)) as replica:
+
+        async def ask_replica() -> str:
+            body = {"model": "bot", **PROMPT}
+            r = await replica.post(
+                "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {env.tenant.key}"},
+            )
+            assert r.status_code == 200, r.text
+            return r.headers["x-flywheel-adapter-version"]
+
+        current = await ask_replica()
+        target = 2 if current != "bot@2" else 1
+        assert (await promote(env, target)).status_code == 200
+        assert await ask_replica() == f"bot@{target}"
+        assert (
+            await env.client.post("/admin/adapters/swapco/bot/rollback", json={}, headers=env.admin)
+        ).status_code == 200
+        assert await ask_replica() == current
