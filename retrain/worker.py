@@ -260,15 +260,7 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
                 db, settings, prepared, round_id=row.id, progress=_log_progress(row.id)
             )
         if outcome.gate_passed and tenant.auto_promote:
-            from gateway.services.swap import remote_swap
-
-            await remote_swap(
-                settings,
-                tenant.name,
-                adapter.name,
-                version=outcome.candidate_version,
-                reason=f"auto-promote after round {row.id}",
-            )
+            await _auto_promote(db, settings, row.id, tenant.name, adapter.name, outcome)
     except Exception as exc:
         # Refusals (too little data, imbalance) and training errors end the round; it is not
         # retried automatically (a worker that *died* is, through recover()).
@@ -320,6 +312,30 @@ async def heartbeating(
     finally:
         stop.set()
         await beater
+
+
+async def _auto_promote(
+    db: Database, settings: Settings, round_id: str, tenant: str, adapter: str, outcome: Any
+) -> None:
+    """Promote a passed candidate through the gateway; a failure is kept on the round."""
+    from gateway.services.swap import remote_swap
+
+    try:
+        await remote_swap(
+            settings,
+            tenant,
+            adapter,
+            version=outcome.candidate_version,
+            reason=f"auto-promote after round {round_id}",
+        )
+    except Exception as exc:
+        # The round itself succeeded (its candidate passed); only the promotion did not.
+        message = exc.message if isinstance(exc, FlywheelError) else f"{type(exc).__name__}: {exc}"
+        log.error("auto-promotion after round %s failed: %s", round_id, message)
+        async with db.transaction() as session:
+            r = await session.get(TrainingRound, round_id)
+            if r is not None:
+                r.error = f"auto-promotion failed: {message}"
 
 
 async def _fail(db: Database, round_id: str, message: str) -> None:
