@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.services.admin_tokens import local_admin_token
@@ -92,6 +93,34 @@ async def test_feedback_to_promoted_version(
         outcome = await run_round(state.db, settings, prepared, seed=1)
         assert outcome.candidate_version == 2
         assert outcome.gate_passed, outcome.gate_summary
+
+        # The round's record: lineage, data, hyperparameters, metrics, library versions; the
+        # candidate is a passed (gated) version whose parent is the serving one, signed.
+        from gateway.db.models import AdapterVersion, GateReport, TrainingRound
+
+        async with state.db.session() as session:
+            row = await session.get(TrainingRound, outcome.round_id)
+            assert row is not None and row.state == "succeeded" and row.error is None
+            candidate = await session.get(AdapterVersion, row.candidate_version_id)
+            parent = await session.get(AdapterVersion, row.parent_version_id)
+            report = await session.scalar(
+                select(GateReport).where(GateReport.round_id == outcome.round_id)
+            )
+        assert row.method == "dpo" and row.method_reason
+        assert row.counts["edit pairs"] >= 10 and row.counts["heldout_rows"] == len(
+            prepared.heldout
+        )
+        assert row.counts["train_rows"] + row.counts["heldout_rows"] == row.counts["edit pairs"]
+        assert len(row.dataset_hash or "") == 64 and len(row.heldout) == len(prepared.heldout)
+        assert row.hyperparams["seed"] == 1 and row.hyperparams["learning_rate"] > 0
+        assert "train_loss" in row.metrics and "rewards/margins" in row.metrics
+        assert {"trl", "peft", "transformers", "torch"} <= set(row.library_versions)
+        assert row.data_cutoff is not None and row.finished_at is not None
+        assert candidate is not None and parent is not None
+        assert candidate.version == 2 and parent.version == 1
+        assert candidate.state == "passed" and candidate.parent_version_id == parent.id
+        assert candidate.signature_path is not None
+        assert report is not None and report.passed and report.candidate_version_id == candidate.id
 
         r = await client.post(
             "/admin/adapters/" + tenant.name + "/support/promote",
