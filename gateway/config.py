@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         "Largest desirable:undesirable ratio (either way) a KTO round accepts; beyond it the "
         "round is refused rather than reweighted.",
     )
+    retrain_completion_wait_s: float = _f(
+        3600.0,
+        "How long a round waits for the completion row behind a feedback (still queued, or "
+        "spooled while the database was away): until it lands, the round's data cutoff stops "
+        "before that feedback so a later round takes it.",
+    )
     retrain_heldout_fraction: float = _f(0.2, "Share of a round's feedback held out for the gate.")
     retrain_round_timeout_s: float = _f(
         3600.0, "A running round whose worker stopped heartbeating this long is retried."

@@ -14,18 +14,19 @@ import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 
 from adapters.registry import add_version, get_adapter
 from feedback.export import FeedbackRow, select_rows, to_dpo, to_kto
+from feedback.log import as_utc
 from gateway import metrics
 from gateway.bootstrap import resolve_base
 from gateway.config import Settings
-from gateway.db.models import AdapterVersion, Tenant, TrainingRound
+from gateway.db.models import AdapterVersion, Completion, Feedback, Tenant, TrainingRound
 from gateway.db.session import Database
 from gateway.ids import new_id
 from gateway.services.tenants import get_tenant
@@ -79,6 +80,40 @@ def _dataset_hash(rows: list[KTORow] | list[DPORow]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+async def _data_cutoff(
+    session: Any, settings: Settings, tenant_id: str, since: datetime | None
+) -> datetime:
+    """Now, or earlier: just before the oldest feedback whose completion row has not landed.
+
+    Feedback may arrive before its completion is written (queued, or spooled through a
+    database outage).  Such feedback cannot be attributed to an adapter yet; cutting the round
+    off before it means the round after the row lands takes it, instead of no round ever
+    (rounds select ``since <= updated_at < cutoff``).  A completion that never lands (erased)
+    stops holding the cutoff back after ``retrain_completion_wait_s``.
+    """
+    now = datetime.now(UTC)
+    floor = now - timedelta(seconds=settings.retrain_completion_wait_s)
+    if since is not None:
+        floor = max(floor, as_utc(since))
+    waiting = await session.scalar(
+        select(func.min(Feedback.updated_at))
+        .select_from(Feedback)
+        .outerjoin(
+            Completion,
+            and_(
+                Completion.tenant_id == Feedback.tenant_id,
+                Completion.id == Feedback.completion_id,
+            ),
+        )
+        .where(
+            Feedback.tenant_id == tenant_id,
+            Completion.id.is_(None),
+            Feedback.updated_at >= floor,
+        )
+    )
+    return min(now, as_utc(waiting)) if waiting is not None else now
+
+
 async def prepare(
     db: Database,
     settings: Settings,
@@ -89,7 +124,6 @@ async def prepare(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
 ) -> Prepared:
-    cutoff = datetime.now(UTC)
     async with db.session() as session:
         t = await get_tenant(session, tenant)
         a = await get_adapter(session, t.id, adapter)
@@ -103,6 +137,7 @@ async def prepare(
             .limit(1)
         )
         since = last.data_cutoff if last is not None else None
+        cutoff = await _data_cutoff(session, settings, t.id, since)
         selection = await select_rows(session, t.id, a.id, since=since, until=cutoff)
     rows = _majority_kind(list(selection))
     n_pairs = sum(1 for r in rows if r.edit is not None)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select, update
 
+from feedback.log import as_utc
 from gateway.db.models import Completion, Feedback, TrainingRound
 from gateway.db.session import Database
 from retrain.worker import claim, recover, schedule
@@ -239,3 +240,66 @@ async def test_killed_worker_process_round_is_requeued(
     await recover(db, settings, now=datetime.now(UTC) + timedelta(seconds=31))
     async with db.session() as s:
         assert (await s.get(TrainingRound, row.id)).state == "queued"  # type: ignore[union-attr]
+
+
+async def test_feedback_whose_completion_lands_late_joins_a_later_round(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    """Feedback may land before its completion row (queued, spooled); no round may skip it."""
+    from gateway.services.tenants import get_tenant
+    from retrain.rounds import prepare
+
+    name, adapter_id = await opted_in_tenant(
+        db, tmp_path, database_url, demo_base, demo_adapters[0]
+    )
+    settings = make_settings(tmp_path, database_url, demo_base)
+    async with db.session() as s:
+        tenant_id = (await get_tenant(s, name)).id
+    await seed_feedback(db, tenant_id, adapter_id, 12)
+    late = f"chatcmpl-{uuid.uuid4().hex}"
+    async with db.transaction() as s:  # its completion is still in some gateway's queue
+        s.add(
+            Feedback(
+                tenant_id=tenant_id,
+                id=f"fb-{late}",
+                completion_id=late,
+                edited_output="Thank you for asking. Happy to help.",
+                meta={},
+            )
+        )
+    async with db.session() as s:
+        late_at = await s.scalar(select(Feedback.updated_at).where(Feedback.completion_id == late))
+    assert late_at is not None
+    await seed_feedback(db, tenant_id, adapter_id, 11)
+
+    first = await prepare(db, settings, tenant=name, adapter="bot")
+    assert first.cutoff <= as_utc(late_at)  # stops before the feedback still waiting
+    assert first.counts["edit pairs"] == 12
+    async with db.transaction() as s:  # the completion lands; the first round ran
+        s.add(
+            Completion(
+                id=late,
+                tenant_id=tenant_id,
+                kind="chat",
+                model="bot",
+                adapter_id=adapter_id,
+                status="ok",
+                request={"messages": [{"role": "user", "content": "late question"}]},
+                params={},
+                response_text="garbled late answer",
+                received_at=datetime.now(UTC),
+            )
+        )
+        s.add(
+            TrainingRound(
+                id=f"round_{uuid.uuid4().hex[:8]}",
+                tenant_id=tenant_id,
+                adapter_id=adapter_id,
+                state="succeeded",
+                data_cutoff=first.cutoff,
+            )
+        )
+    second = await prepare(db, settings, tenant=name, adapter="bot")
+    assert second.counts["edit pairs"] == 12  # the late one and the 11 after it
+    async with db.transaction() as s:
+        await s.execute(delete(TrainingRound).where(TrainingRound.adapter_id == adapter_id))
