@@ -365,3 +365,85 @@ async def test_sigterm_with_a_full_queue_loses_nothing(
         )
     assert len(rows) == len(set(rows)) == n and set(rows) == ids
     assert not list(spool_dir.glob("seg-*.jsonl"))
+
+
+async def test_sigterm_to_a_serving_gateway_with_a_stuck_database_loses_nothing(
+    database_url: str, db: Database, tmp_path: Path, demo_base: Path
+) -> None:
+    """The real path: ``flywheel serve`` (uvicorn, the app's lifespan) gets SIGTERM while its
+    completion writes are stuck and its small queue overflowed; every answered completion is
+    in the database or the spool, and the next start's replay lands each exactly once."""
+    import httpx
+
+    from gateway.services.tenants import create_key, create_tenant
+    from tests.helpers import free_port
+
+    async with db.transaction() as session:
+        tenant = await create_tenant(session, f"sigterm-{uuid.uuid4().hex[:8]}")
+        _, key = await create_key(session, tenant)
+    data, port = tmp_path / "data", free_port()
+    env = {
+        **os.environ,
+        "FLYWHEEL_DATABASE_URL": database_url,
+        "FLYWHEEL_DATA_DIR": str(data),
+        "FLYWHEEL_BASE_MODEL": str(demo_base),
+        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
+        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
+        "FLYWHEEL_LOG_QUEUE_SIZE": "3",  # overflows to the spool after three rows
+        "FLYWHEEL_PORT": str(port),
+    }
+    with (tmp_path / "serve.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.main", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            deadline = asyncio.get_running_loop().time() + 120
+            while True:  # polling the readiness endpoint until the process serves
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert asyncio.get_running_loop().time() < deadline, "gateway did not start"
+                await asyncio.sleep(0.2)
+            ids = []
+            async with Blocker(database_url):
+                for i in range(10):
+                    r = await client.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": "demo-base",
+                            "messages": [{"role": "user", "content": f"question {i}"}],
+                            "max_tokens": 2,
+                        },
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    assert r.status_code == 200, r.text
+                    ids.append(r.json()["id"])
+                proc.send_signal(signal.SIGTERM)
+                # Shutdown waits for the stuck write (up to its stop timeout), then spools.
+                # Uvicorn re-raises the signal once shut down, so the status is SIGTERM's.
+                assert await asyncio.to_thread(proc.wait, 120) in (0, -signal.SIGTERM)
+            assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    log = make_log(db, data / "spool")  # the next start replays the spool
+    await log.start()
+    try:
+        await wait_flushed(log)
+    finally:
+        await log.stop()
+    async with db.session() as session:
+        rows = list(
+            await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant.id))
+        )
+    assert sorted(rows) == sorted(ids)  # every answered completion, exactly once
