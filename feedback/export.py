@@ -50,6 +50,13 @@ Format = Literal["kto", "dpo"]
 Prompt = list[dict[str, str]] | str
 
 
+# A feedback row's completion: same tenant, same id (no foreign key, since feedback may land
+# first).  Every query pairing the two uses this condition.
+FEEDBACK_COMPLETION = (Completion.tenant_id == Feedback.tenant_id) & (
+    Completion.id == Feedback.completion_id
+)
+
+
 @dataclass(frozen=True)
 class FeedbackRow:
     """One feedback item joined to its completion (which has stored content)."""
@@ -126,11 +133,7 @@ async def select_rows(
     """
     query = (
         select(Feedback, Completion)
-        .join(
-            Completion,
-            (Completion.tenant_id == Feedback.tenant_id)
-            & (Completion.id == Feedback.completion_id),
-        )
+        .join(Completion, FEEDBACK_COMPLETION)
         .where(Feedback.tenant_id == tenant_id, Completion.status == "ok")
         .order_by(Feedback.updated_at, Feedback.created_at, Feedback.id)
     )

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 
 from adapters.registry import add_version, get_adapter
-from feedback.export import FeedbackRow, select_rows, to_dpo, to_kto
+from feedback.export import FEEDBACK_COMPLETION, FeedbackRow, select_rows, to_dpo, to_kto
 from feedback.log import as_utc
 from gateway import metrics
 from gateway.bootstrap import resolve_base
@@ -100,10 +100,7 @@ async def _data_cutoff(
         .select_from(Feedback)
         .outerjoin(
             Completion,
-            and_(
-                Completion.tenant_id == Feedback.tenant_id,
-                Completion.id == Feedback.completion_id,
-            ),
+            FEEDBACK_COMPLETION,
         )
         .where(
             Feedback.tenant_id == tenant_id,

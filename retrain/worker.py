@@ -24,8 +24,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 
+from feedback.export import FEEDBACK_COMPLETION
 from gateway.config import Settings
 from gateway.db.models import Adapter, Completion, Feedback, Tenant, TrainingRound
 from gateway.db.session import Database
@@ -79,10 +80,7 @@ async def schedule(db: Database, now: datetime | None = None) -> list[str]:
                     .select_from(Feedback)
                     .join(
                         Completion,
-                        and_(
-                            Completion.tenant_id == Feedback.tenant_id,
-                            Completion.id == Feedback.completion_id,
-                        ),
+                        FEEDBACK_COMPLETION,
                     )
                     .where(*conditions)
                 )
@@ -120,10 +118,7 @@ async def _news_since_last_failure(session: Any, tenant_id: str, adapter_id: str
         .select_from(Feedback)
         .join(
             Completion,
-            and_(
-                Completion.tenant_id == Feedback.tenant_id,
-                Completion.id == Feedback.completion_id,
-            ),
+            FEEDBACK_COMPLETION,
         )
         .where(
             Feedback.tenant_id == tenant_id,

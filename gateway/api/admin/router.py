@@ -64,15 +64,7 @@ async def _audited(
     **detail: Any,
 ) -> None:
     async with state.db.transaction() as session:
-        audit.record(
-            session,
-            actor=admin.actor,
-            action=action,
-            target=target,
-            tenant_id=tenant_id,
-            remote_addr=admin.remote_addr,
-            detail=detail,
-        )
+        audit.record_by(session, admin, action, target, tenant_id, detail)
 
 
 @router.get("/tenants")
@@ -219,13 +211,8 @@ async def add_golden(body: GoldenAdd, admin: AdminDep, state: StateDep) -> dict[
         tenant = await tenant_svc.get_tenant(session, body.tenant)
         adapter = await get_adapter(session, tenant.id, body.adapter)
         row = await golden_svc.add_golden_set(session, adapter, items)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="golden.add",
-            target=f"{body.adapter}/golden@{row.version}",
-            tenant_id=tenant.id,
-            remote_addr=admin.remote_addr,
+        audit.record_by(
+            session, admin, "golden.add", f"{body.adapter}/golden@{row.version}", tenant.id
         )
     return {
         "id": row.id,
