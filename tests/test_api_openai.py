@@ -212,6 +212,16 @@ async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
         assert r.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
             "'nope'", repr(model)
         )
+        text = await gw.client.post(
+            "/v1/completions", json={"model": model, "prompt": "hi"}, headers=auth(gw.a)
+        )
+        assert text.status_code == 404 and text.json()["error"]["code"] == "model_not_found"
+    # Pinning one's own adapter's version number cannot reach the other tenant's either.
+    own = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "support@1"}, headers=auth(gw.a)
+    )
+    assert own.status_code == 200
+    assert own.headers["x-flywheel-adapter-version"] == "support@1"
 
 
 @pytest.mark.parametrize(

@@ -46,3 +46,41 @@ def test_tenant_and_key_commands_print_keys_only_and_are_audited(cli_env: Path) 
     assert "key.create" in actions and "tenant.update" in actions
     assert all(actor.startswith("cli:") for actor, _, _ in rows)
     assert key not in stored and all(len(h) == 64 for h in stored)  # hashes, never the key
+
+
+def test_adapters_add_list_and_a_clear_refusal(
+    cli_env: Path,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLYWHEEL_BASE_MODEL", str(demo_base))
+    monkeypatch.setenv("FLYWHEEL_BASE_MODEL_NAME", "demo-base")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(app, ["tenants", "create", "acme"]).exit_code == 0
+    add = ["adapters", "add", "--tenant", "acme", "--sign"]
+    first = runner.invoke(app, [*add, "--name", "support", str(demo_adapters[0])])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("support@1 ") and "signed" in first.stdout
+    second = runner.invoke(app, [*add, "--name", "support", str(demo_adapters[1])])
+    assert second.stdout.startswith("support@2 ")
+    again = runner.invoke(app, [*add, "--name", "sales", str(demo_adapters[0])])
+    assert again.stdout.startswith("sales@1 ")  # several named adapters per tenant
+
+    listed = runner.invoke(app, ["adapters", "list", "--tenant", "acme"]).stdout.splitlines()
+    rows = [line.split() for line in listed[1:]]
+    inactive = [r for r in rows if r[0] != "*"]
+    assert [(r[1], r[2]) for r in inactive] == [("support", "2")]  # added, not active
+    active = {(r[2], r[3]) for r in rows if r[0] == "*"}
+    assert active == {("support", "1"), ("sales", "1")}
+    with sqlite3.connect(cli_env) as conn:
+        paths = dict(conn.execute("SELECT version, path FROM adapter_versions").fetchall())
+    # Content-addressed: the same files are stored once, under their digest.
+    assert len({p for p in paths.values()}) == 2 and all("/sha256/" in p for p in paths.values())
+
+    monkeypatch.setenv("FLYWHEEL_MAX_LORA_RANK", "4")
+    get_settings.cache_clear()
+    refused = runner.invoke(app, [*add, "--name", "broken", str(demo_adapters[2])])
+    assert refused.exit_code == 1 and "rank 8 is outside 1..4" in refused.output
+    assert "Traceback" not in refused.output
