@@ -2,7 +2,8 @@
 
 Each benchmark runs in its own process (they build models and servers of their own) and
 prints markdown; ratios are always measured side by side within one benchmark run, because the
-machine is shared and noisy.  Select some with ``python -m bench.run engine promote``.
+machine is shared and noisy.  Select some with ``python -m bench.run engine promote``: they
+refresh their own sections of docs/benchmarks.md and keep the others.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {unknown}; known: {list(BENCHES)}", file=sys.stderr)
         return 2
-    sections, failed = [], 0
+    sections: dict[str, str] = {}
+    failed = 0
     for name in names:
         module, title = BENCHES[name]
         if not (ROOT / (module.replace(".", "/") + ".py")).exists():
@@ -73,8 +75,10 @@ def main(argv: list[str]) -> int:
         print(output, flush=True)
         failed += rc != 0
         status = "" if rc == 0 else f"\n\n**The benchmark exited with code {rc}.**"
-        sections.append(
-            f"## {title}\n\n`.venv/bin/python -m {module}` ({seconds:.0f} s)\n\n{output}{status}\n"
+        when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        sections[title] = (
+            f"## {title}\n\n`.venv/bin/python -m {module}` ({seconds:.0f} s, {when})\n\n"
+            f"{output}{status}\n"
         )
     header = (
         "# Benchmarks\n\n"
@@ -83,9 +87,25 @@ def main(argv: list[str]) -> int:
         "The machine is shared with other work, so absolute numbers move between runs; each "
         "ratio is measured side by side in one run.\n\n"
     )
-    if names == list(BENCHES):
-        (ROOT / "docs" / "benchmarks.md").write_text(header + "\n".join(sections))
+    doc = ROOT / "docs" / "benchmarks.md"
+    if names != list(BENCHES) and doc.exists():
+        # A subset refreshes its own sections and keeps the others as they were measured.
+        old = _sections(doc.read_text())
+        sections = {title: sections.get(title, old.get(title, "")) for _, title in _ordered(old)}
+        header = doc.read_text().split("\n## ", 1)[0].rstrip("\n") + "\n\n"
+    doc.write_text(header + "\n".join(s for s in sections.values() if s))
     return 1 if failed else 0
+
+
+def _sections(text: str) -> dict[str, str]:
+    parts = text.split("\n## ")[1:]
+    return {part.split("\n", 1)[0]: "## " + part.rstrip("\n") + "\n" for part in parts}
+
+
+def _ordered(old: dict[str, str]) -> list[tuple[str, str]]:
+    """Every benchmark in the run order, then sections of benchmarks no longer listed."""
+    known = [(name, title) for name, (_, title) in BENCHES.items()]
+    return known + [("", title) for title in old if title not in dict(known).values()]
 
 
 if __name__ == "__main__":
