@@ -32,14 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.spool import Record, Spool
-from gateway.db.models import Completion, Feedback
+from gateway.db.models import Completion, Erasure, Feedback
 from gateway.db.session import Database
 
 log = logging.getLogger("flywheel.completion_log")
@@ -147,9 +147,38 @@ async def write_records(db: Database, records: Sequence[Record]) -> None:
     completions = [r.row for r in records if r.kind == "completion"]
     feedback = [r.row for r in records if r.kind == "feedback"]
     async with db.transaction() as session:
+        erased = await _erasures(session, completions + feedback)
+        if erased:
+            completions = [r for r in completions if not _erased(r, "received_at", erased)]
+            feedback = [r for r in feedback if not _erased(r, "created_at", erased)]
         await insert_completions(session, completions)
         if feedback:
             await upsert_feedback_rows(session, feedback)
+
+
+async def _erasures(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> dict[tuple[str, str], datetime]:
+    """The latest erasure of each (tenant, end user) among ``rows``."""
+    users = {(r["tenant_id"], r["end_user"]) for r in rows if r.get("end_user")}
+    if not users:
+        return {}
+    found = await session.execute(
+        select(Erasure.tenant_id, Erasure.end_user, func.max(Erasure.erased_at))
+        .where(
+            Erasure.tenant_id.in_({t for t, _ in users}),
+            Erasure.end_user.in_({u for _, u in users}),
+        )
+        .group_by(Erasure.tenant_id, Erasure.end_user)
+    )
+    return {(t, u): as_utc(at) for t, u, at in found}
+
+
+def _erased(row: dict[str, Any], stamp: str, erased: dict[tuple[str, str], datetime]) -> bool:
+    """True for a row of an end user erased after the row was made (it must not come back)."""
+    at = erased.get((row["tenant_id"], row.get("end_user") or ""))
+    made = row.get(stamp)
+    return at is not None and (made is None or as_utc(made) <= at)
 
 
 class CompletionLog:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, delete, select
 
 from feedback.log import as_utc
-from gateway.db.models import Completion, Feedback, Tenant
+from gateway.db.models import Completion, Erasure, Feedback, Tenant
 from gateway.db.session import Database
 
 if TYPE_CHECKING:
@@ -76,8 +76,11 @@ async def forget_end_user(
     batch_size: int = 5000,
 ) -> Deleted:
     """Erase one end user: their completions, their feedback, and any feedback on their
-    completions.  Pass the running ``log`` so rows still queued or spooled land first and are
-    erased too (otherwise they would be written after the erasure)."""
+    completions.  The erasure is recorded first: rows of theirs made before it that are still
+    queued or spooled in any gateway are dropped when they reach the database, never written.
+    Pass the running ``log`` to push this process's queue through now."""
+    async with db.transaction() as session:
+        session.add(Erasure(tenant_id=tenant_id, end_user=end_user, erased_at=datetime.now(UTC)))
     if log is not None:
         await log.flush()
     deleted = await _delete_completions(

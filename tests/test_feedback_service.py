@@ -15,8 +15,9 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from feedback import tokens
-from feedback.log import CompletionLog
+from feedback.log import CompletionLog, write_records
 from feedback.service import FeedbackInput, list_feedback, record_feedback
+from feedback.spool import Record
 from gateway.app import create_app
 from gateway.db.models import Feedback, Tenant
 from gateway.db.session import Database
@@ -471,9 +472,9 @@ async def test_forget_end_user(db: Database, clog: CompletionLog) -> None:
         ],
     )
     queued = completion_row(tenant.id, end_user="u1")
-    clog.submit(queued)  # not in the database yet: the log is flushed first
+    clog.submit(queued)  # still queued: dropped when it reaches the database, never written
     counts = await forget_end_user(db, tenant.id, "u1", log=clog)
-    assert counts.completions == 3 and counts.feedback == 2
+    assert counts.completions == 2 and counts.feedback == 2
     async with db.session() as session:
         left = set(
             await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant.id))
@@ -481,3 +482,49 @@ async def test_forget_end_user(db: Database, clog: CompletionLog) -> None:
     assert left == {theirs["id"]}
     (remaining,) = await feedback_rows(db, tenant.id, theirs["id"])
     assert remaining.end_user == "u2"
+
+
+async def test_an_erasure_is_not_undone_by_another_gateways_queue(
+    db: Database, clog: CompletionLog, tmp_path: Path
+) -> None:
+    """Rows of an erased end user still queued (or spooled) in another gateway are dropped when
+    they land; rows the same end user makes after the erasure are kept."""
+    from feedback.retention import forget_end_user
+    from gateway.db.models import Completion
+
+    tenant = await new_tenant(db)
+    other = make_log(db, tmp_path / "other-spool", flush_interval_s=3600)  # holds its queue
+    await other.start()
+    try:
+        before = completion_row(tenant.id, end_user="u1")
+        other.submit(before)
+        feedback_before = {
+            "tenant_id": tenant.id,
+            "id": "fb-before",
+            "completion_id": before["id"],
+            "rating": "down",
+            "end_user": "u1",
+            "created_at": datetime.now(UTC),
+            "updated_at": datetime.now(UTC),
+            "meta": {},
+            "source": "api",
+        }
+        await forget_end_user(db, tenant.id, "u1")  # run from the CLI: no log to flush
+        # The end user comes back: a request received after the erasure.
+        after = completion_row(
+            tenant.id, end_user="u1", received_at=datetime.now(UTC) + timedelta(seconds=1)
+        )
+        other.submit(after)
+        await write_records(
+            db,
+            [Record("feedback", feedback_before)],  # a spooled feedback replayed late
+        )
+        assert await other.flush()
+    finally:
+        await other.stop()
+    async with db.session() as session:
+        left = set(
+            await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant.id))
+        )
+    assert left == {after["id"]}
+    assert await feedback_rows(db, tenant.id, before["id"]) == []

@@ -264,3 +264,19 @@ class AuditEvent(Base):
     remote_addr: Mapped[str | None] = mapped_column(String(100), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Erasure(Base):
+    """An end user's erasure (``feedback forget``): rows of theirs made before ``erased_at``
+    that reach the database later (still queued in a gateway, or spooled) are dropped, not
+    written, so an erasure cannot be undone by a replay."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (Index("ix_erasures_tenant_user", "tenant_id", "end_user"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    end_user: Mapped[str] = mapped_column(String(256))
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow)
