@@ -97,8 +97,10 @@ CMD ["flywheel", "serve"]
 FROM runtime AS trainer
 COPY --from=build-trainer /opt/venv /opt/venv
 USER 10001:10001
-# A worker with no HTTP port: liveness is its heartbeat in the database (retrain_round_timeout_s).
-CMD ["flywheel", "retrain", "worker"]
+# Liveness is its heartbeat in the database (retrain_round_timeout_s); port 9100 serves only
+# Prometheus metrics (rounds, their durations, gate outcomes).
+EXPOSE 9100
+CMD ["flywheel", "retrain", "worker", "--metrics-port", "9100"]
 
 # Last, so a plain `docker build .` gives the small gateway image.
 FROM runtime AS gateway

@@ -188,7 +188,7 @@ def pip_installs(name: str) -> list[str]:
 TARGETS = {
     "gateway": ["flywheel", "serve"],
     "embedded": ["flywheel", "serve"],
-    "trainer": ["flywheel", "retrain", "worker"],
+    "trainer": ["flywheel", "retrain", "worker", "--metrics-port", "9100"],
 }
 
 
@@ -952,3 +952,14 @@ def test_k8s_secrets_hold_no_private_key() -> None:
         if path.is_file():
             text = path.read_text()
             assert "FLYWHEEL_SIGNING_PRIVATE_KEY" not in text and "PRIVATE KEY-" not in text, path
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.cpu.yml"])
+def test_prometheus_scrapes_the_worker_where_it_serves_metrics(config: str) -> None:
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / config).read_text())
+    targets = {
+        t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    }
+    port = TARGETS["trainer"][TARGETS["trainer"].index("--metrics-port") + 1]
+    assert f"retrain-worker:{port}" in targets and "gateway:8000" in targets
+    assert f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text()
