@@ -232,3 +232,46 @@ async def test_forget_end_user(env: Env) -> None:
         assert await s.get(Completion, r.json()["id"]) is None
     left = await env.client.get(f"/v1/feedback?completion_id={r.json()['id']}", headers=key)
     assert left.status_code == 404 or left.json()["data"] == []
+
+
+async def test_limits_feedback_and_the_tenant_label_switch(
+    demo_base: Path, demo_adapters: list[Path], tmp_path: Path
+) -> None:
+    """Rate-limit refusals and feedback kinds per tenant; FLYWHEEL_METRICS_TENANT_LABEL=false
+    collapses the tenant label (cardinality) to "all"."""
+    from gateway import metrics
+    from gateway.services.tenants import update_tenant
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}"
+    settings = make_settings(tmp_path, url, demo_base, metrics_tenant_label=False)
+    app = create_app(settings)
+    try:
+        async with running_app(app) as client:
+            db = app.state.flywheel.db
+            t = await seed_tenant(db, settings, "unlabelled", {"bot": demo_adapters[0]})
+            async with db.transaction() as session:
+                await update_tenant(session, t.name, rpm_limit=1)
+            key = {"Authorization": f"Bearer {t.key}"}
+            body = {
+                "model": "bot",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            }
+            before = (await client.get("/metrics")).text
+            ok = await client.post("/v1/chat/completions", json=body, headers=key)
+            limited = await client.post("/v1/chat/completions", json=body, headers=key)
+            assert (ok.status_code, limited.status_code) == (200, 429)
+            fb = {"completion_id": ok.json()["id"], "rating": "down", "edited_output": "Better."}
+            assert (await client.post("/v1/feedback", json=fb, headers=key)).status_code == 200
+            after = (await client.get("/metrics")).text
+    finally:
+        metrics.configure(True)  # the process-wide default for the other tests
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert moved("flywheel_rate_limited_total", tenant="all") == 1
+    assert moved("flywheel_requests_total", tenant="all", status="rate_limited") == 1
+    assert moved("flywheel_requests_total", tenant="all", adapter="bot@1", status="ok") == 1
+    assert moved("flywheel_feedback_total", tenant="all") >= 1
+    assert t.id not in after  # no tenant id in any label
