@@ -195,7 +195,9 @@ class CompletionLog:
         retry_interval_s: float = 1.0,
         write_timeout_s: float = 15.0,
         stop_timeout_s: float = 20.0,
+        claim_spool: bool = False,
     ) -> None:
+        """``claim_spool``: use the first free spool under ``spool_dir`` (several processes)."""
         self.db = db
         self.queue_size = queue_size
         self.batch_size = batch_size
@@ -203,7 +205,7 @@ class CompletionLog:
         self.retry_interval_s = retry_interval_s
         self.write_timeout_s = write_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self._spool = Spool(spool_dir)
+        self._spool = Spool.claim(spool_dir) if claim_spool else Spool(spool_dir)
         self._queue: deque[dict[str, Any]] = deque()
         self._queued_since = 0.0
         self._inflight: set[Key] = set()

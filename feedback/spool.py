@@ -98,6 +98,20 @@ class Spool:
         self._seq = 0
         self._rows = sum(self._count(p) for p in self._segments())
 
+    @classmethod
+    def claim(cls, root: Path, slots: int = 64) -> Spool:
+        """The first of ``root``, ``root/w1``, ``root/w2``... that no live process holds.
+
+        Several gateway worker processes on one data directory each get a spool of their own,
+        and after a restart they take the same directories back, with what was spooled there.
+        """
+        for slot in range(slots):
+            try:
+                return cls(root if slot == 0 else root / f"w{slot}")
+            except RuntimeError:
+                continue
+        raise RuntimeError(f"all {slots} spool directories under {root} are in use")
+
     def close(self) -> None:
         """Release the directory lock (the files stay for the next run to replay)."""
         if self._lock_fd is not None:

@@ -83,15 +83,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.log_queue_size,
         batch_size=settings.log_batch_size,
         flush_interval_s=settings.log_flush_interval_s,
+        claim_spool=True,  # one spool per worker process (flywheel serve --workers)
     )
     limiter = build_limiter(settings)
     try:
         await engine.start()
-        if (
-            settings.demo_bootstrap
-            and settings.engine == "embedded"
-            and settings.environment == "development"
-        ):
+        if settings.bootstraps_demo:
             base = await asyncio.to_thread(resolve_base, settings)
             print_demo_keys(await demo_bootstrap(db, settings, base))
         await completions.start()
@@ -114,6 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await completions.stop()
         await limiter.close()
         await db.close()
+        metrics.process_exited()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -134,3 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(admin_router)
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``flywheel serve --workers N`` process (uvicorn's factory): each worker
+    is a fresh interpreter, so it configures its own logging from the same settings."""
+    from gateway.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -210,6 +210,13 @@ class Settings(BaseSettings):
         return self.data_dir / "artifacts"
 
     @property
+    def bootstraps_demo(self) -> bool:
+        """The demo tenants are created on an empty database: development, embedded engine."""
+        return (
+            self.demo_bootstrap and self.engine == "embedded" and self.environment == "development"
+        )
+
+    @property
     def vllm_url_list(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
 

@@ -123,6 +123,12 @@ class LiveState:
     replicas: dict[str, ReplicaStats]
 
 
+def process_exited() -> None:
+    """Multiprocess mode: drop this process's live gauges from the shared directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def render(live: LiveCollector) -> bytes:
     """The exposition text: this process's (or all processes') metrics plus the live ones."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
