@@ -27,6 +27,30 @@ def _requests_ok(text: str) -> float:
     )
 
 
+def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.main", "serve", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while True:  # polling readiness until the process serves
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+
+
 def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path: Path) -> None:
     port, data = free_port(), tmp_path / "data"
     env = {
@@ -39,26 +63,10 @@ def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path:
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "serve", "--workers", "2"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _start(env, log, "--workers", "2")
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:  # polling readiness until both workers serve
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
+        _wait_ready(url, proc, log)
         # The demo bootstrap ran once, in the parent: two tenants, keys printed once.
         keys = re.findall(r"^\s+demo-\w+\s+(fw-\S+)", log.read_text(), re.MULTILINE)
         assert len(keys) == 2, log.read_text()[-3000:]
@@ -90,3 +98,60 @@ def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_two_gateway_processes_share_a_tenants_limit_through_redis(
+    demo_base: Path, tmp_path: Path
+) -> None:
+    """Two ``flywheel serve`` processes (two replicas), one database, one Redis: alternating
+    requests get the tenant's limit once, not once per replica."""
+    redis_url = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    common = {
+        **os.environ,
+        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
+        "FLYWHEEL_BASE_MODEL": str(demo_base),
+        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
+        "FLYWHEEL_REDIS_URL": redis_url,
+        "FLYWHEEL_RATE_LIMIT_FAIL_OPEN": "false",  # no Redis must fail, not pass silently
+    }
+    ports = [free_port(), free_port()]
+    envs = [
+        {**common, "FLYWHEEL_DATA_DIR": str(tmp_path / f"data{i}"), "FLYWHEEL_PORT": str(p)}
+        for i, p in enumerate(ports)
+    ]
+    envs[1]["FLYWHEEL_DEMO_BOOTSTRAP"] = "false"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_start(envs[0], logs[0])]
+    try:
+        _wait_ready(f"http://127.0.0.1:{ports[0]}", procs[0], logs[0])
+        procs.append(_start(envs[1], logs[1]))
+        _wait_ready(f"http://127.0.0.1:{ports[1]}", procs[1], logs[1])
+        key = re.findall(r"^\s+demo-acme\s+(fw-\S+)", logs[0].read_text(), re.MULTILINE)[0]
+        update = [sys.executable, "-m", "gateway.cli.main", "tenants", "update", "demo-acme"]
+        done = subprocess.run(
+            [*update, "--rpm", "4"], env=envs[0], cwd=REPO, capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        body = {
+            "model": "demo-base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+        }
+        statuses = [
+            httpx.post(
+                f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            ).status_code
+            for i in range(8)
+        ]
+        assert statuses.count(200) == 4 and statuses.count(429) == 4, statuses
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
