@@ -1,5 +1,5 @@
-"""``flywheel serve --workers 2``: one port, two processes, metrics summed over both, a spool
-each, migrations and the demo bootstrap run once."""
+"""``flywheel serve`` as a process: several workers on one port, two replicas sharing Redis,
+and ``flywheel demo loop`` closing the loop against it."""
 
 from __future__ import annotations
 
@@ -155,3 +155,40 @@ def test_two_gateway_processes_share_a_tenants_limit_through_redis(
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_demo_loop_against_a_running_gateway(demo_base: Path, tmp_path: Path) -> None:
+    """``flywheel demo loop --url``: feedback through the public API, a real round, the gate,
+    the signature, the promotion, and the next answer from the new version; exit 0."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
+        "FLYWHEEL_DATA_DIR": str(tmp_path / "data"),
+        "FLYWHEEL_BASE_MODEL": str(demo_base),
+        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
+        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
+        "FLYWHEEL_PORT": str(port),
+    }
+    log = tmp_path / "serve.log"
+    proc = _start(env, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc, log)
+        loop = subprocess.run(
+            [sys.executable, "-m", "gateway.cli.main", "demo", "loop", "--url", url],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-3000:]
+        assert "[9] promoted v1 -> v2" in loop.stdout, loop.stdout[-3000:]
+        assert "[10] next completion served by support@2" in loop.stdout
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
