@@ -192,3 +192,89 @@ def test_demo_loop_against_a_running_gateway(demo_base: Path, tmp_path: Path) ->
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_worker_auto_promotes_a_passing_candidate_through_the_gateway(
+    demo_base: Path, tmp_path: Path
+) -> None:
+    """A tenant with ``retrain_enabled`` and ``auto_promote``: ``flywheel retrain worker
+    --once`` trains on its edits, gates and signs the candidate, and promotes it through the
+    running gateway's admin API; the next answer comes from v2."""
+    from adapters.demo import build_demo_adapter
+    from gateway.config import Settings
+    from gateway.services.admin_tokens import local_admin_token
+
+    port, data = free_port(), tmp_path / "data"
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
+        "FLYWHEEL_DATA_DIR": str(data),
+        "FLYWHEEL_BASE_MODEL": str(demo_base),
+        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
+        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
+        "FLYWHEEL_PORT": str(port),
+        "FLYWHEEL_GATEWAY_URL": url,
+    }
+    log = tmp_path / "serve.log"
+    proc = _start(env, log)
+    try:
+        _wait_ready(url, proc, log)
+        token = local_admin_token(Settings(data_dir=data))
+        admin = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, timeout=120) as http:
+            created = http.post("/admin/tenants", json={"name": "auto"}, headers=admin)
+            assert created.status_code == 201, created.text
+            key = {"Authorization": f"Bearer {created.json()['api_key']}"}
+            opt_in = {"retrain_enabled": True, "auto_promote": True, "retrain_min_feedback": 16}
+            assert http.patch("/admin/tenants/auto", json=opt_in, headers=admin).status_code == 200
+            adapter = build_demo_adapter(demo_base, tmp_path / "adapter", seed=7)
+            registered = http.post(
+                "/admin/adapters",
+                json={"tenant": "auto", "name": "support", "path": str(adapter), "sign": True},
+                headers=admin,
+            )
+            assert registered.status_code in (200, 201), registered.text
+            golden = [
+                {"messages": [{"role": "user", "content": f"Tell me about {t}"}],
+                 "reference": f"Thank you for asking about {t}.",
+                 "checks": [{"type": "max_length", "value": 5000, "hard": True}]}
+                for t in ("prices", "hours", "stock")
+            ]  # fmt: skip
+            g = http.post(
+                "/admin/golden",
+                json={"tenant": "auto", "adapter": "support", "items": golden},
+                headers=admin,
+            )
+            assert g.status_code == 201, g.text
+            for i in range(24):
+                body = {
+                    "model": "support",
+                    "max_tokens": 8,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": f"Tell me about topic {i}"}],
+                }
+                r = http.post("/v1/chat/completions", json=body, headers=key)
+                assert r.headers["x-flywheel-adapter-version"] == "support@1"
+                edit = {
+                    "completion_id": r.json()["id"],
+                    "edited_output": f"Thank you for asking about topic {i}.",
+                }
+                assert http.post("/v1/feedback", json=edit, headers=key).status_code == 200
+            worker = subprocess.run(
+                [sys.executable, "-m", "gateway.cli.main", "retrain", "worker", "--once"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert worker.returncode == 0, worker.stderr[-3000:]
+            r = http.post("/v1/chat/completions", json=body, headers=key)
+            assert r.headers["x-flywheel-adapter-version"] == "support@2", worker.stderr[-3000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
