@@ -216,6 +216,37 @@ async def test_concurrent_promotes_are_serialized(env: Env) -> None:
         assert nxt.from_version_id == prev.to_version_id
 
 
+async def test_promoters_of_separate_processes_are_serialized_by_the_database(env: Env) -> None:
+    """Promoters with their own connection pools and locks (as in separate gateway processes):
+    only the adapter row lock (PostgreSQL) or the write lock (SQLite) orders their flips."""
+    from adapters.promotion import Promoter
+
+    state = env.app.state.flywheel  # type: ignore[attr-defined]
+    dbs = [Database(env.settings.database_url) for _ in range(2)]
+    try:
+        promoters = [Promoter(db, state.engine) for db in dbs]
+        for _ in range(3):
+            await asyncio.gather(
+                promoters[0].promote("swapco", "bot", 2, actor="p0"),
+                promoters[1].promote("swapco", "bot", 3, actor="p1"),
+            )
+        for p in promoters:
+            await p.wait_drained()
+    finally:
+        for db in dbs:
+            await db.close()
+    async with env.db.session() as s:
+        events = list(
+            await s.scalars(
+                select(RouteEvent)
+                .where(RouteEvent.tenant_id == env.tenant.id)
+                .order_by(RouteEvent.id)
+            )
+        )
+    for prev, nxt in itertools.pairwise(events):
+        assert nxt.from_version_id == prev.to_version_id  # no lost update
+
+
 async def test_swap_under_load_no_failures_one_version_per_response(env: Env) -> None:
     expected: dict[str, str] = {}
     for v in (1, 2):
