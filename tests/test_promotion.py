@@ -89,6 +89,23 @@ async def promote(env: Env, version: int) -> httpx.Response:
     )
 
 
+async def route_events(env: Env) -> list[RouteEvent]:
+    async with env.db.session() as s:
+        return list(
+            await s.scalars(
+                select(RouteEvent)
+                .where(RouteEvent.tenant_id == env.tenant.id)
+                .order_by(RouteEvent.id)
+            )
+        )
+
+
+def assert_no_lost_update(events: list[RouteEvent]) -> None:
+    """Each swap starts from where the previous one ended."""
+    for prev, nxt in itertools.pairwise(events):
+        assert nxt.from_version_id == prev.to_version_id
+
+
 async def test_promote_and_rollback_recorded(env: Env) -> None:
     assert (await ask(env))[0] == "bot@1"
     r = await promote(env, 2)
@@ -100,14 +117,8 @@ async def test_promote_and_rollback_recorded(env: Env) -> None:
     )
     assert r.status_code == 200 and r.json()["to_version"] == 1
     assert (await ask(env))[0] == "bot@1"
+    events = await route_events(env)
     async with env.db.session() as s:
-        events = list(
-            await s.scalars(
-                select(RouteEvent)
-                .where(RouteEvent.tenant_id == env.tenant.id)
-                .order_by(RouteEvent.id)
-            )
-        )
         assert [e.action for e in events] == ["initial", "promote", "rollback"]
         assert all(e.actor.startswith("admin:") for e in events[1:])
         actions = set(
@@ -203,17 +214,7 @@ async def test_failed_probe_leaves_old_version(env: Env) -> None:
 async def test_concurrent_promotes_are_serialized(env: Env) -> None:
     r2, r3 = await asyncio.gather(promote(env, 2), promote(env, 3))
     assert r2.status_code == 200 and r3.status_code == 200
-    async with env.db.session() as s:
-        events = list(
-            await s.scalars(
-                select(RouteEvent)
-                .where(RouteEvent.tenant_id == env.tenant.id)
-                .order_by(RouteEvent.id)
-            )
-        )
-    # Each swap starts from where the previous one ended: no lost update.
-    for prev, nxt in itertools.pairwise(events):
-        assert nxt.from_version_id == prev.to_version_id
+    assert_no_lost_update(await route_events(env))
 
 
 async def test_promoters_of_separate_processes_are_serialized_by_the_database(env: Env) -> None:
@@ -235,16 +236,7 @@ async def test_promoters_of_separate_processes_are_serialized_by_the_database(en
     finally:
         for db in dbs:
             await db.close()
-    async with env.db.session() as s:
-        events = list(
-            await s.scalars(
-                select(RouteEvent)
-                .where(RouteEvent.tenant_id == env.tenant.id)
-                .order_by(RouteEvent.id)
-            )
-        )
-    for prev, nxt in itertools.pairwise(events):
-        assert nxt.from_version_id == prev.to_version_id  # no lost update
+    assert_no_lost_update(await route_events(env))
 
 
 async def test_swap_under_load_no_failures_one_version_per_response(env: Env) -> None:

@@ -51,19 +51,35 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.3)
 
 
-def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path: Path) -> None:
-    port, data = free_port(), tmp_path / "data"
+def _env(tmp_path: Path, demo_base: Path, port: int, **extra: str) -> dict[str, str]:
+    """A gateway process's environment: SQLite in ``tmp_path``, the demo base, ``port``."""
     env = {
         **os.environ,
         "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
-        "FLYWHEEL_DATA_DIR": str(data),
+        "FLYWHEEL_DATA_DIR": str(tmp_path / "data"),
         "FLYWHEEL_BASE_MODEL": str(demo_base),
         "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
         "FLYWHEEL_PORT": str(port),
+        **extra,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path: Path) -> None:
+    port, data = free_port(), tmp_path / "data"
     log = tmp_path / "serve.log"
-    proc = _start(env, log, "--workers", "2")
+    proc = _start(_env(tmp_path, demo_base, port), log, "--workers", "2")
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, log)
@@ -93,11 +109,7 @@ def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path:
         assert (data / "prometheus").is_dir()
         assert (data / "spool" / ".lock").exists() and (data / "spool" / "w1" / ".lock").exists()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_two_gateway_processes_share_a_tenants_limit_through_redis(
@@ -106,18 +118,17 @@ def test_two_gateway_processes_share_a_tenants_limit_through_redis(
     """Two ``flywheel serve`` processes (two replicas), one database, one Redis: alternating
     requests get the tenant's limit once, not once per replica."""
     redis_url = os.environ.get("FLYWHEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    common = {
-        **os.environ,
-        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
-        "FLYWHEEL_BASE_MODEL": str(demo_base),
-        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
-        "FLYWHEEL_REDIS_URL": redis_url,
-        "FLYWHEEL_RATE_LIMIT_FAIL_OPEN": "false",  # no Redis must fail, not pass silently
-    }
     ports = [free_port(), free_port()]
     envs = [
-        {**common, "FLYWHEEL_DATA_DIR": str(tmp_path / f"data{i}"), "FLYWHEEL_PORT": str(p)}
-        for i, p in enumerate(ports)
+        _env(
+            tmp_path,
+            demo_base,
+            port,
+            FLYWHEEL_DATA_DIR=str(tmp_path / f"data{i}"),
+            FLYWHEEL_REDIS_URL=redis_url,
+            FLYWHEEL_RATE_LIMIT_FAIL_OPEN="false",  # no Redis must fail, not pass silently
+        )
+        for i, port in enumerate(ports)
     ]
     envs[1]["FLYWHEEL_DEMO_BOOTSTRAP"] = "false"
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
@@ -148,28 +159,14 @@ def test_two_gateway_processes_share_a_tenants_limit_through_redis(
         ]
         assert statuses.count(200) == 4 and statuses.count(429) == 4, statuses
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(*procs)
 
 
 def test_demo_loop_against_a_running_gateway(demo_base: Path, tmp_path: Path) -> None:
     """``flywheel demo loop --url``: feedback through the public API, a real round, the gate,
     the signature, the promotion, and the next answer from the new version; exit 0."""
     port = free_port()
-    env = {
-        **os.environ,
-        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
-        "FLYWHEEL_DATA_DIR": str(tmp_path / "data"),
-        "FLYWHEEL_BASE_MODEL": str(demo_base),
-        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
-        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
-        "FLYWHEEL_PORT": str(port),
-    }
+    env = _env(tmp_path, demo_base, port, FLYWHEEL_DEMO_BOOTSTRAP="false")
     log = tmp_path / "serve.log"
     proc = _start(env, log)
     try:
@@ -187,11 +184,7 @@ def test_demo_loop_against_a_running_gateway(demo_base: Path, tmp_path: Path) ->
         assert "[9] promoted v1 -> v2" in loop.stdout, loop.stdout[-3000:]
         assert "[10] next completion served by support@2" in loop.stdout
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_worker_auto_promotes_a_passing_candidate_through_the_gateway(
@@ -206,16 +199,7 @@ def test_worker_auto_promotes_a_passing_candidate_through_the_gateway(
 
     port, data = free_port(), tmp_path / "data"
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "FLYWHEEL_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}",
-        "FLYWHEEL_DATA_DIR": str(data),
-        "FLYWHEEL_BASE_MODEL": str(demo_base),
-        "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
-        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
-        "FLYWHEEL_PORT": str(port),
-        "FLYWHEEL_GATEWAY_URL": url,
-    }
+    env = _env(tmp_path, demo_base, port, FLYWHEEL_DEMO_BOOTSTRAP="false", FLYWHEEL_GATEWAY_URL=url)
     log = tmp_path / "serve.log"
     proc = _start(env, log)
     try:
@@ -273,8 +257,4 @@ def test_worker_auto_promotes_a_passing_candidate_through_the_gateway(
             r = http.post("/v1/chat/completions", json=body, headers=key)
             assert r.headers["x-flywheel-adapter-version"] == "support@2", worker.stderr[-3000:]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
