@@ -67,23 +67,40 @@ class Promoter:
         self._drains: dict[str, asyncio.Task[None]] = {}  # engine name -> pending unload
 
     async def promote(
-        self, tenant: str, adapter: str, version: int, *, actor: str, reason: str = ""
+        self,
+        tenant: str,
+        adapter: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str = "",
+        remote_addr: str | None = None,
     ) -> SwapResult:
         async with self.db.session() as session:
             t = await get_tenant(session, tenant)
             a = await get_adapter(session, t.id, adapter)
             target = await get_version(session, a, version)
-        return await self._swap(a, target, action="promote", actor=actor, reason=reason)
+        return await self._swap(
+            a, target, action="promote", actor=actor, reason=reason, remote_addr=remote_addr
+        )
 
     async def rollback(
-        self, tenant: str, adapter: str, *, actor: str, reason: str = ""
+        self,
+        tenant: str,
+        adapter: str,
+        *,
+        actor: str,
+        reason: str = "",
+        remote_addr: str | None = None,
     ) -> SwapResult:
         """Go back to the version that served before the current one (a servable one)."""
         async with self.db.session() as session:
             t = await get_tenant(session, tenant)
             a = await get_adapter(session, t.id, adapter)
             target = await self._previous(a)
-        return await self._swap(a, target, action="rollback", actor=actor, reason=reason)
+        return await self._swap(
+            a, target, action="rollback", actor=actor, reason=reason, remote_addr=remote_addr
+        )
 
     async def _previous(self, adapter: Adapter) -> AdapterVersion:
         async with self.db.session() as session:
@@ -104,7 +121,14 @@ class Promoter:
         raise Conflict(f"adapter {adapter.name!r} has no earlier servable version to roll back to")
 
     async def _swap(
-        self, adapter: Adapter, target: AdapterVersion, *, action: str, actor: str, reason: str
+        self,
+        adapter: Adapter,
+        target: AdapterVersion,
+        *,
+        action: str,
+        actor: str,
+        reason: str,
+        remote_addr: str | None,
     ) -> SwapResult:
         if target.state not in SERVABLE_STATES:
             raise Conflict(
@@ -139,6 +163,7 @@ class Promoter:
                     action=f"adapter.{action}",
                     target=f"{adapter.name}@{target.version}",
                     tenant_id=adapter.tenant_id,
+                    remote_addr=remote_addr,
                     detail={
                         "from": old.version if old else None,
                         "to": target.version,

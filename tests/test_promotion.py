@@ -125,6 +125,15 @@ async def test_promote_and_rollback_recorded(env: Env) -> None:
             await s.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == env.tenant.id))
         )
         assert {"adapter.promote", "adapter.rollback"} <= actions
+        where = list(
+            await s.scalars(
+                select(AuditEvent.remote_addr).where(
+                    AuditEvent.tenant_id == env.tenant.id,
+                    AuditEvent.action.in_(["adapter.promote", "adapter.rollback"]),
+                )
+            )
+        )
+        assert where and all(where)  # "from where": the admin client's address
 
 
 async def test_rejected_and_candidate_never_served(env: Env) -> None:

@@ -34,6 +34,7 @@ async def add_adapter(
     sign: bool = False,
     signature: Path | None = None,
     actor: str = "cli",
+    remote_addr: str | None = None,
 ) -> Added:
     """Register PATH as the next version of the tenant's adapter NAME.
 
@@ -71,6 +72,7 @@ async def add_adapter(
         action="adapter.add",
         target=f"{tenant.name}/{name}@{version.version}",
         tenant_id=tenant.id,
+        remote_addr=remote_addr,
         detail={"digest": version.digest, "signed": version.signature_path is not None},
     )
     await session.flush()

@@ -31,6 +31,7 @@ from gateway.db.models import (
     Tenant,
     TrainingRound,
 )
+from gateway.errors import FlywheelError
 from gateway.services import adapters as adapter_svc
 from gateway.services import audit
 from gateway.services import tenants as tenant_svc
@@ -164,6 +165,7 @@ async def add_adapter(body: AdapterAdd, admin: AdminDep, state: StateDep) -> dic
             path=Path(body.path),
             sign=body.sign,
             actor=admin.actor,
+            remote_addr=admin.remote_addr,
         )
     return {
         "adapter": body.name,
@@ -177,10 +179,16 @@ async def add_adapter(body: AdapterAdd, admin: AdminDep, state: StateDep) -> dic
 async def verify(
     tenant: str, name: str, version: int, admin: AdminDep, state: StateDep
 ) -> dict[str, Any]:
-    async with state.db.session() as session:
-        row = await adapter_svc.verify_version(
-            session, state.settings, tenant_name=tenant, name=name, version=version
-        )
+    target = f"{tenant}/{name}@{version}"
+    try:
+        async with state.db.session() as session:
+            row = await adapter_svc.verify_version(
+                session, state.settings, tenant_name=tenant, name=name, version=version
+            )
+    except FlywheelError as exc:
+        await _audited(state, admin, "adapter.verify", target, verified=False, error=exc.message)
+        raise
+    await _audited(state, admin, "adapter.verify", target, row.tenant_id, verified=True)
     return {"adapter": name, "version": row.version, "verified": True}
 
 
@@ -189,7 +197,12 @@ async def promote(
     tenant: str, name: str, body: Promote, admin: AdminDep, state: StateDep
 ) -> dict[str, Any]:
     result = await state.promoter.promote(
-        tenant, name, body.version, actor=admin.actor, reason=body.reason
+        tenant,
+        name,
+        body.version,
+        actor=admin.actor,
+        reason=body.reason,
+        remote_addr=admin.remote_addr,
     )
     state.route_cache.invalidate()
     return result.as_dict()
@@ -199,7 +212,9 @@ async def promote(
 async def rollback(
     tenant: str, name: str, body: Rollback, admin: AdminDep, state: StateDep
 ) -> dict[str, Any]:
-    result = await state.promoter.rollback(tenant, name, actor=admin.actor, reason=body.reason)
+    result = await state.promoter.rollback(
+        tenant, name, actor=admin.actor, reason=body.reason, remote_addr=admin.remote_addr
+    )
     state.route_cache.invalidate()
     return result.as_dict()
 
