@@ -32,6 +32,7 @@ from gateway.ids import new_id
 
 if TYPE_CHECKING:
     from feedback.log import CompletionLog
+    from feedback.pending import SharedPending
 
 Rating = Literal["up", "down"]
 # What an unreachable or failing database raises (connection refused surfaces as OSError).
@@ -121,6 +122,7 @@ async def record_feedback(
     *,
     scope_completion_id: str | None = None,
     source: str = "api",
+    pending: SharedPending | None = None,
 ) -> list[StoredFeedback]:
     """Store (upsert) the items; ``status`` is "queued" when the database was down.
 
@@ -136,7 +138,9 @@ async def record_feedback(
     rows = [_row(tenant_id, item, now, source) for item in items]
     try:
         async with db.transaction() as session:
-            return await _store(session, log, tenant_id, rows, scoped=scope_completion_id)
+            return await _store(
+                session, log, tenant_id, rows, scoped=scope_completion_id, pending=pending
+            )
     except UNAVAILABLE as exc:
         if is_row_error(exc):
             raise
@@ -180,6 +184,7 @@ async def _store(
     rows: list[dict[str, Any]],
     *,
     scoped: str | None,
+    pending: SharedPending | None,
 ) -> list[StoredFeedback]:
     ids = sorted({r["completion_id"] for r in rows})
     texts: dict[str, str | None] = {
@@ -190,11 +195,19 @@ async def _store(
             )
         )
     }
+    # Still streaming or still in the write queue (here, or on another replica) is fine: the
+    # row is on its way.  A browser token (scoped) already proves the id.
+    unknown = {
+        cid
+        for cid in ids
+        if cid not in texts and scoped is None and not log.is_pending(cid, tenant_id)
+    }
+    if unknown and pending is not None:
+        unknown = {cid for cid in unknown if not await pending.contains(tenant_id, cid)}
     stored: list[StoredFeedback] = []
     for row in rows:
         cid = row["completion_id"]
-        # Still streaming or still in the write queue is fine: the row is on its way.
-        if cid not in texts and scoped is None and not log.is_pending(cid, tenant_id):
+        if cid in unknown:
             raise not_found(cid)
         original = texts[cid] if cid in texts else log.pending_text(cid, tenant_id)
         row["diff"] = _diff(original, row)

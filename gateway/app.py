@@ -68,6 +68,7 @@ def build_limiter(settings: Settings) -> RateLimiter:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from adapters.promotion import Promoter
     from feedback.log import CompletionLog
+    from feedback.pending import SharedPending
     from gateway.services.admin_tokens import ensure_dev_admin_token
 
     settings: Settings = app.state.settings
@@ -86,6 +87,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         claim_spool=True,  # one spool per worker process (flywheel serve --workers)
     )
     limiter = build_limiter(settings)
+    pending = (
+        SharedPending(settings.redis_url, ttl_s=settings.pending_completion_ttl_s)
+        if settings.redis_url
+        else None
+    )
     try:
         await engine.start()
         if settings.bootstraps_demo:
@@ -103,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             auth_cache=StaleIfErrorCache(settings.auth_cache_ttl_s),
             route_cache=StaleIfErrorCache(settings.route_cache_ttl_s),
             promoter=Promoter(db, engine),
+            pending=pending,
         )
         yield
     finally:
@@ -110,6 +117,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.stop()
         await completions.stop()
         await limiter.close()
+        if pending is not None:
+            await pending.close()
         await db.close()
         metrics.process_exited()
 

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     redis_url: str = _f(
         "", "Redis for rate limits shared by gateway replicas. Empty: in-process limits."
     )
+    pending_completion_ttl_s: float = _f(
+        3600.0,
+        "With Redis: how long a completion id in flight on one replica stays known to the others, "
+        "so feedback on it sent to another replica is accepted before its row lands.",
+    )
     rate_limit_fail_open: bool = _f(
         True, "When Redis is down: true lets requests through (logged), false answers 503."
     )

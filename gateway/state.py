@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from adapters.promotion import Promoter
     from adapters.registry import Resolved
     from feedback.log import CompletionLog
+    from feedback.pending import SharedPending
     from gateway.db.models import ApiKey, Tenant
     from gateway.engine.base import Engine
     from gateway.ratelimit import RateLimiter
@@ -28,4 +29,5 @@ class AppState:
     auth_cache: StaleIfErrorCache[str, tuple[Tenant, ApiKey]]
     route_cache: StaleIfErrorCache[tuple[str, str], Resolved]
     promoter: Promoter
+    pending: SharedPending | None = None  # in-flight completion ids shared through Redis
     extras: dict[str, Any] = field(default_factory=dict)

@@ -164,6 +164,7 @@ class FeedbackServing:
                 [item.to_input() for item in items.feedback],
                 scope_completion_id=auth.scope_completion_id,
                 source="browser" if auth.scope_completion_id else "api",
+                pending=self.state.pending,
             )
         except FlywheelError as exc:
             return await self._error(exc)

@@ -193,6 +193,8 @@ class OpenAIServing:
             prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
         )
         self.state.completions.begin(call.id, auth.tenant.id)
+        if self.state.pending is not None:  # other replicas accept feedback on it meanwhile
+            self.state.pending.mark(auth.tenant.id, call.id)
         headers = self._headers(call)
         call.t_engine = time.perf_counter()
         stream: AsyncGenerator[GenerationChunk, None] | None = None

@@ -1,4 +1,5 @@
-"""The Redis rate limiter on a real Redis: shared limits across gateway replicas, fail open/closed.
+"""What gateway replicas share through a real Redis: rate limits (exact across replicas, fail
+open/closed) and the completion ids in flight, for feedback sent to another replica.
 
 Redis comes from FLYWHEEL_TEST_REDIS_URL or the local server at 127.0.0.1:6379.  In CI
 (CI=true) a missing Redis is an error, never a skip.
@@ -207,3 +208,49 @@ async def test_two_gateways_share_a_tenants_limit(
             for client in [a, b] * 6
         ]
     assert statuses.count(200) == 6 and statuses.count(429) == 6, statuses
+
+
+async def test_feedback_on_a_completion_in_flight_on_another_replica_is_accepted(
+    prefix: str,
+    fresh_database_url: str,
+    demo_base: Path,
+    demo_adapters: list[Path],
+    tmp_path: Path,
+) -> None:
+    """Replica A answered but has not written the row yet (its batch is waiting); the client's
+    backend posts feedback with the tenant key, and the load balancer sends it to replica B."""
+    from gateway.app import create_app
+    from tests.helpers import make_settings, running_app, seed_tenant
+
+    slow = make_settings(
+        tmp_path / "a",
+        fresh_database_url,
+        demo_base,
+        redis_url=REDIS_URL,
+        log_flush_interval_s=3600,
+    )
+    other = make_settings(
+        tmp_path / "b",
+        fresh_database_url,
+        demo_base,
+        redis_url=REDIS_URL,
+        signing_public_key=tmp_path / "a" / "signing" / "signing.pub",
+    )
+    first, second = create_app(slow), create_app(other)
+    async with running_app(first) as a, running_app(second) as b:
+        tenant = await seed_tenant(
+            first.state.flywheel.db, slow, f"fb-{prefix[7:15]}", {"bot": demo_adapters[0]}
+        )
+        auth = {"Authorization": f"Bearer {tenant.key}"}
+        body = {"model": "bot", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        r = await a.post("/v1/chat/completions", json=body, headers=auth)
+        assert r.status_code == 200
+        assert first.state.flywheel.completions.depth == 1  # the row is still queued on A
+        fb = {"completion_id": r.json()["id"], "rating": "up", "id": "from-the-backend"}
+        accepted = await b.post("/v1/feedback", json=fb, headers=auth)
+        assert accepted.status_code == 200, accepted.text
+        unknown = await b.post(
+            "/v1/feedback", json={**fb, "completion_id": "chatcmpl-nope"}, headers=auth
+        )
+        assert unknown.status_code == 404  # still no existence oracle for unknown ids
+        assert await first.state.flywheel.completions.flush()
