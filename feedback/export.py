@@ -57,6 +57,14 @@ FEEDBACK_COMPLETION = (Completion.tenant_id == Feedback.tenant_id) & (
 )
 
 
+def trl_prompt(kind: str, request: dict[str, Any]) -> Prompt:
+    """A completion's request as TRL's prompt: messages (conversational) or text."""
+    if kind == "chat":
+        # Only role and content: any other key would reach the chat template.
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in request["messages"]]
+    return str(request["prompt"])
+
+
 @dataclass(frozen=True)
 class FeedbackRow:
     """One feedback item joined to its completion (which has stored content)."""
@@ -76,13 +84,7 @@ class FeedbackRow:
 
     @property
     def prompt(self) -> Prompt:
-        if self.kind == "chat":
-            # Only role and content: any other key would reach the chat template.
-            return [
-                {"role": str(m["role"]), "content": str(m["content"])}
-                for m in self.request["messages"]
-            ]
-        return str(self.request["prompt"])
+        return trl_prompt(self.kind, self.request)
 
     def answer(self, text: str) -> list[dict[str, str]] | str:
         return [{"role": "assistant", "content": text}] if self.kind == "chat" else text

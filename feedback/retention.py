@@ -15,14 +15,16 @@ than that would still need these batched deletes, so they stay the general mecha
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, delete, select
 
+from feedback.export import trl_prompt
 from feedback.log import as_utc
-from gateway.db.models import Completion, Erasure, Feedback, Tenant
+from gateway.db.models import Completion, Erasure, Feedback, Tenant, TrainingRound
 from gateway.db.session import Database
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 class Deleted:
     completions: int = 0
     feedback: int = 0
+    heldout_rows: int = 0  # copies a training round kept of erased data
 
     def add(self, other: Deleted) -> None:
         self.completions += other.completions
@@ -83,16 +86,43 @@ async def forget_end_user(
         session.add(Erasure(tenant_id=tenant_id, end_user=end_user, erased_at=datetime.now(UTC)))
     if log is not None:
         await log.flush()
-    deleted = await _delete_completions(
-        db,
-        (Completion.tenant_id == tenant_id) & (Completion.end_user == end_user),
-        tenant_id,
-        batch_size,
-    )
+    theirs = (Completion.tenant_id == tenant_id) & (Completion.end_user == end_user)
+    async with db.session() as session:
+        prompts = {
+            _canonical(trl_prompt(kind, request))
+            for kind, request in await session.execute(
+                select(Completion.kind, Completion.request).where(
+                    theirs, Completion.request.is_not(None)
+                )
+            )
+        }
+    deleted = await _delete_completions(db, theirs, tenant_id, batch_size)
     deleted.feedback += await _delete_feedback(
         db, Feedback.end_user == end_user, tenant_id, batch_size
     )
+    deleted.heldout_rows = await _scrub_rounds(db, tenant_id, prompts)
     return deleted
+
+
+def _canonical(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+async def _scrub_rounds(db: Database, tenant_id: str, prompts: set[str]) -> int:
+    """Drop the held-out rows rounds stored for the gate that came from erased completions
+    (matched by prompt, so a row with the very same prompt from someone else goes too)."""
+    if not prompts:
+        return 0
+    removed = 0
+    async with db.transaction() as session:
+        for row in await session.scalars(
+            select(TrainingRound).where(TrainingRound.tenant_id == tenant_id)
+        ):
+            kept = [h for h in row.heldout if _canonical(h.get("prompt")) not in prompts]
+            if len(kept) != len(row.heldout):
+                removed += len(row.heldout) - len(kept)
+                row.heldout = kept
+    return removed
 
 
 async def _delete_completions(

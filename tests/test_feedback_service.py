@@ -459,8 +459,26 @@ async def test_forget_end_user(db: Database, clog: CompletionLog) -> None:
     from gateway.db.models import Completion
 
     tenant = await new_tenant(db)
-    mine = [await stored_completion(clog, tenant, end_user="u1") for _ in range(2)]
+    secret = {"messages": [{"role": "user", "content": "my account number is 1234"}]}
+    mine = [await stored_completion(clog, tenant, end_user="u1", request=secret) for _ in range(2)]
     theirs = await stored_completion(clog, tenant, end_user="u2")
+    # A finished round kept held-out copies for its gate: one of u1's, one of u2's.
+    from gateway.db.models import TrainingRound
+
+    held = [
+        {"prompt": secret["messages"], "completion": [{"role": "assistant", "content": "x"}], "label": True},
+        {"prompt": theirs["request"]["messages"], "completion": [{"role": "assistant", "content": "y"}], "label": False},
+    ]  # fmt: skip
+    async with db.transaction() as session:
+        session.add(
+            TrainingRound(
+                id=f"round_{tenant.id[-8:]}",
+                tenant_id=tenant.id,
+                adapter_id="a",
+                state="succeeded",
+                heldout=held,
+            )
+        )
     await record_feedback(
         db,
         clog,
@@ -482,6 +500,10 @@ async def test_forget_end_user(db: Database, clog: CompletionLog) -> None:
     assert left == {theirs["id"]}
     (remaining,) = await feedback_rows(db, tenant.id, theirs["id"])
     assert remaining.end_user == "u2"
+    assert counts.heldout_rows == 1
+    async with db.session() as session:
+        kept = await session.get(TrainingRound, f"round_{tenant.id[-8:]}")
+    assert kept is not None and kept.heldout == held[1:]
 
 
 async def test_an_erasure_is_not_undone_by_another_gateways_queue(
