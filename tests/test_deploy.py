@@ -775,7 +775,7 @@ def _kubernetes_validate() -> Any:
 def test_k8s_schema_validation_is_strict() -> None:
     """The schema check is worth something: a misspelt field fails it."""
     kubernetes_validate = _kubernetes_validate()
-    broken = json.loads(json.dumps(k8s("Deployment", "flywheel-gateway")))
+    broken = json.loads(json.dumps(k8s("StatefulSet", "flywheel-gateway")))
     container = pod_spec(broken)["containers"][0]
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -802,7 +802,7 @@ def test_k8s_selectors_match_template_labels_and_services_find_pods() -> None:
             assert port["targetPort"] in container_ports(container)
     pdb = k8s("PodDisruptionBudget", "flywheel-gateway")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= (
-        k8s("Deployment", "flywheel-gateway")["spec"]["template"]["metadata"]["labels"].items()
+        k8s("StatefulSet", "flywheel-gateway")["spec"]["template"]["metadata"]["labels"].items()
     )
 
 
@@ -819,7 +819,7 @@ def test_k8s_probes_hit_declared_ports_and_every_container_has_resources() -> No
 
 
 def test_k8s_gateway() -> None:
-    deployment = k8s("Deployment", "flywheel-gateway")
+    deployment = k8s("StatefulSet", "flywheel-gateway")
     (container,) = pod_spec(deployment)["containers"]
     assert container["image"] == "flywheel-gateway" and "command" not in container
     ports = container_ports(container)
@@ -837,9 +837,13 @@ def test_k8s_gateway() -> None:
     hpa = k8s("HorizontalPodAutoscaler", "flywheel-gateway")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "name": "flywheel-gateway",
     }
+    # Spooled rows survive the pod: the spool is a volume of each pod's own, never an emptyDir.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {c["metadata"]["name"] for c in deployment["spec"]["volumeClaimTemplates"]}
+    assert mounts["/data/spool"] in claims
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     for metric in hpa["spec"]["metrics"]:
         # Utilization targets are relative to the requests: they must be set.
@@ -888,7 +892,7 @@ def test_k8s_artifact_store_and_models_are_shared_at_one_path() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     store = configmap()["FLYWHEEL_DATA_DIR"].rstrip("/") + "/artifacts"
     sharing = [
-        k8s("Deployment", "flywheel-gateway"),
+        k8s("StatefulSet", "flywheel-gateway"),
         k8s("StatefulSet", "vllm"),
         k8s("Deployment", "flywheel-retrain-worker"),
     ]
@@ -940,7 +944,7 @@ def test_k8s_secrets_hold_no_private_key() -> None:
     assert not set(configmap()) & keys, "secrets stay out of the ConfigMap"
     public = Path(configmap()["FLYWHEEL_SIGNING_PUBLIC_KEY"])
     for obj in (
-        k8s("Deployment", "flywheel-gateway"),
+        k8s("StatefulSet", "flywheel-gateway"),
         k8s("Deployment", "flywheel-retrain-worker"),
     ):
         spec = pod_spec(obj)
