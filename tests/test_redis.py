@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from gateway.config import Settings
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.ratelimit import InMemoryRateLimiter, Limits, RateLimiter
 from gateway.ratelimit_redis import RedisRateLimiter
@@ -172,6 +173,24 @@ async def test_keys_use_the_prefix_and_expire(
         await client.aclose()
 
 
+def replica_settings(
+    tmp_path: Path, database_url: str, base: Path, **first: object
+) -> tuple[Settings, Settings]:
+    """Two gateway replicas on one database and one Redis.  Each has its own data directory
+    (its own spool); the second trusts the first's signing key."""
+    from tests.helpers import make_settings
+
+    a = make_settings(tmp_path / "a", database_url, base, redis_url=REDIS_URL, **first)
+    b = make_settings(
+        tmp_path / "b",
+        database_url,
+        base,
+        redis_url=REDIS_URL,
+        signing_public_key=tmp_path / "a" / "signing" / "signing.pub",
+    )
+    return a, b
+
+
 async def test_two_gateways_share_a_tenants_limit(
     prefix: str,
     fresh_database_url: str,
@@ -182,17 +201,9 @@ async def test_two_gateways_share_a_tenants_limit(
     """Two whole gateway apps (two replicas) on one database and one Redis: N, not 2N."""
     from gateway.app import create_app
     from gateway.services.tenants import update_tenant
-    from tests.helpers import make_settings, running_app, seed_tenant
+    from tests.helpers import running_app, seed_tenant
 
-    settings = make_settings(tmp_path / "a", fresh_database_url, demo_base, redis_url=REDIS_URL)
-    # Each replica has its own data directory (its own spool), and trusts the same signing key.
-    other = make_settings(
-        tmp_path / "b",
-        fresh_database_url,
-        demo_base,
-        redis_url=REDIS_URL,
-        signing_public_key=tmp_path / "a" / "signing" / "signing.pub",
-    )
+    settings, other = replica_settings(tmp_path, fresh_database_url, demo_base)
     first, second = create_app(settings), create_app(other)
     async with running_app(first) as a, running_app(second) as b:
         db = first.state.flywheel.db
@@ -220,21 +231,10 @@ async def test_feedback_on_a_completion_in_flight_on_another_replica_is_accepted
     """Replica A answered but has not written the row yet (its batch is waiting); the client's
     backend posts feedback with the tenant key, and the load balancer sends it to replica B."""
     from gateway.app import create_app
-    from tests.helpers import make_settings, running_app, seed_tenant
+    from tests.helpers import running_app, seed_tenant
 
-    slow = make_settings(
-        tmp_path / "a",
-        fresh_database_url,
-        demo_base,
-        redis_url=REDIS_URL,
-        log_flush_interval_s=3600,
-    )
-    other = make_settings(
-        tmp_path / "b",
-        fresh_database_url,
-        demo_base,
-        redis_url=REDIS_URL,
-        signing_public_key=tmp_path / "a" / "signing" / "signing.pub",
+    slow, other = replica_settings(
+        tmp_path, fresh_database_url, demo_base, log_flush_interval_s=3600
     )
     first, second = create_app(slow), create_app(other)
     async with running_app(first) as a, running_app(second) as b:
