@@ -101,8 +101,6 @@ class VLLMEngine:
         self._health_task: asyncio.Task[None] | None = None
         self._started = False
         # Metrics.
-        self.loads = 0
-        self.evictions = 0
         self.unloads = 0
         self.decision_seconds: deque[float] = deque(maxlen=100_000)
 
@@ -145,6 +143,15 @@ class VLLMEngine:
     def loaded_adapters(self) -> list[str]:
         names = {n for r in self._replicas if r.usable for n in r.residency.loaded()}
         return sorted(names)
+
+    @property
+    def loads(self) -> int:
+        """Adapter loads over all replicas (each replica counts its own, for the metrics)."""
+        return sum(r.loads for r in self._replicas)
+
+    @property
+    def evictions(self) -> int:
+        return sum(r.evictions for r in self._replicas)
 
     def stats(self) -> dict[str, ReplicaStats]:
         """Residency per replica, keyed by its URL (the ``replica`` label of the metrics)."""
@@ -320,7 +327,6 @@ class VLLMEngine:
                 return  # wanted again and reloaded meanwhile
             try:
                 await replica.client.unload_lora(victim)
-                self.evictions += 1
                 replica.evictions += 1
             except UpstreamError as exc:
                 log.warning("evicting %s from %s failed: %s", victim, replica.url, exc)
@@ -338,7 +344,6 @@ class VLLMEngine:
             if exc.status == 400 and (await replica.client.models()).adapters.get(name) == path:
                 return  # "has already been loaded": /v1/models confirms it is ours
             raise self._load_error(replica, adapter, exc) from exc
-        self.loads += 1
         replica.loads += 1
         metrics.ADAPTER_LOAD_SECONDS.labels(replica.url).observe(time.perf_counter() - started)
 
