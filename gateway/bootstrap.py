@@ -102,13 +102,8 @@ def adapter_verifier(
 
     required = settings.require_signed_adapters if required is None else required
     if settings.signing_mode == "sigstore":
-        if not (settings.signing_identity and settings.signing_oidc_issuer):
-            settings.check_production()  # raises the message naming both settings
-        assert settings.signing_identity and settings.signing_oidc_issuer
         identity = SigstoreIdentity(
-            settings.signing_identity,
-            settings.signing_oidc_issuer,
-            settings.signing_sigstore_staging,
+            *settings.sigstore_identity(), use_staging=settings.signing_sigstore_staging
         )
         return make_verifier(None, required=required, on_refused=on_refused, sigstore=identity)
     _, public = signing_keys(settings)

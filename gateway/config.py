@@ -235,13 +235,17 @@ class Settings(BaseSettings):
             )
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 32:
             raise ValueError("FLYWHEEL_ADMIN_TOKEN must be at least 32 characters")
-        if self.signing_mode == "sigstore" and not (
-            self.signing_identity and self.signing_oidc_issuer
-        ):
+        if self.signing_mode == "sigstore":
+            self.sigstore_identity()
+
+    def sigstore_identity(self) -> tuple[str, str]:
+        """(identity, OIDC issuer) every keyless adapter signature must carry."""
+        if not (self.signing_identity and self.signing_oidc_issuer):
             raise ValueError(
                 "FLYWHEEL_SIGNING_MODE=sigstore needs FLYWHEEL_SIGNING_IDENTITY and "
                 "FLYWHEEL_SIGNING_OIDC_ISSUER: the identity every adapter must be signed by"
             )
+        return self.signing_identity, self.signing_oidc_issuer
 
 
 @lru_cache

@@ -267,6 +267,8 @@ class OpenAIServing:
 
     def _log(self, call: _Call) -> None:
         """One line per completion; prompt and answer only with FLYWHEEL_LOG_DEBUG_CONTENT."""
+        if not log.isEnabledFor(logging.INFO):
+            return  # the fields below cost a little on every request
         fields: dict[str, Any] = {
             "completion_id": call.id,
             "status": call.status,
