@@ -55,3 +55,9 @@ async def get_tenant(request: Request, state: StateDep) -> AuthContext:
 
 
 TenantDep = Annotated[AuthContext, Depends(get_tenant)]
+
+
+async def authenticate_request(request: Request) -> tuple[AppState, AuthContext]:
+    """``StateDep`` and ``TenantDep`` without FastAPI's dependency machinery, for hot routes."""
+    state = await get_state(request)
+    return state, await get_tenant(request, state)
