@@ -103,6 +103,36 @@ async def test_chunked_body_and_keep_alive(
     assert first.endswith(b'Content-Length: 8\r\n\r\n{"q": 1}')
 
 
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+async def test_chunked_framing_however_it_is_split(
+    served: Callable[..., asyncio.Future[StreamPool]], split: str
+) -> None:
+    # One write (parsed from a single read) or one byte per write (every boundary split);
+    # chunk extensions and a trailer field are skipped, and the connection is reused.
+    whole = b"".join(
+        [
+            CHUNKED[0],
+            b"5;ext=1\r\nhello\r\n",
+            b"1\r\n \r\n",
+            b"5\r\nworld\r\n",
+            b"0\r\nx-trailer: yes\r\n\r\n",
+        ]
+    )
+    pieces = [whole] if split == "whole" else [whole[i : i + 1] for i in range(len(whole))]
+    raw = RawServer(lambda _: pieces)
+    pool = await served(raw)
+    assert await body(pool) == b"hello world"
+    assert await body(pool) == b"hello world"
+    assert raw.connections == 1
+
+
+async def test_malformed_chunk_fails(served: Callable[..., asyncio.Future[StreamPool]]) -> None:
+    raw = RawServer(lambda _: [CHUNKED[0], b"3\r\nabcdef\r\n0\r\n\r\n"])
+    pool = await served(raw)
+    with pytest.raises(ConnectionFailed):
+        await body(pool)
+
+
 async def test_content_length_and_error_status(
     served: Callable[..., asyncio.Future[StreamPool]],
 ) -> None:

@@ -64,37 +64,69 @@ class StreamedResponse:
             self._chunked or self._left >= 0
         )
 
-    async def _exactly(self, n: int) -> bytes:
-        async with asyncio.timeout(self._timeout):
-            return await self.conn.reader.readexactly(n)
-
-    async def _line(self) -> bytes:
-        async with asyncio.timeout(self._timeout):
-            return await self.conn.reader.readuntil(b"\r\n")
-
     async def _some(self) -> bytes:
         async with asyncio.timeout(self._timeout):
             return await self.conn.reader.read(65536)
 
+    async def _more(self) -> bytes:
+        data = await self._some()
+        if not data:
+            raise ConnectionFailed("the connection closed inside the body")
+        return data
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, de-chunked."""
         if self._chunked:
-            while size := int((await self._line()).split(b";", 1)[0].strip(), 16):
-                data = await self._exactly(size + 2)
-                yield data[:-2]
-            while await self._line() != b"\r\n":
-                pass  # trailer fields, then the empty line that ends the body
+            async for data in self._dechunked():
+                yield data
         elif self._left >= 0:
             while self._left > 0:
-                data = await self._some()
-                if not data:
-                    raise ConnectionFailed("the connection closed inside the body")
+                data = await self._more()
                 self._left -= len(data)
                 yield data
         else:
             while data := await self._some():
                 yield data
         self.complete = True
+
+    async def _dechunked(self) -> AsyncIterator[bytes]:
+        # Chunked framing parsed from whole reads rather than a readuntil/readexactly (and a
+        # timeout) per size line and per chunk: a small answer usually arrives in one read,
+        # and what is buffered goes out joined, one yield per read.
+        buf = b""
+        ready: list[bytes] = []
+        while True:
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if ready:
+                    yield b"".join(ready)
+                    ready.clear()
+                buf += await self._more()
+                continue
+            size = int(buf[:end].split(b";", 1)[0].strip(), 16)  # ValueError: not HTTP
+            if size == 0:
+                buf = buf[end + 2 :]
+                break
+            while len(buf) < end + 2 + size + 2:
+                if ready:
+                    yield b"".join(ready)
+                    ready.clear()
+                buf += await self._more()
+            start = end + 2
+            if buf[start + size : start + size + 2] != b"\r\n":
+                raise ConnectionFailed("a chunk did not end with CRLF")
+            ready.append(buf[start : start + size])
+            buf = buf[start + size + 2 :]
+        if ready:
+            yield b"".join(ready)
+        # Trailer fields, then the empty line that ends the body.
+        while (end := buf.find(b"\r\n")) != 0:
+            if end < 0:
+                buf += await self._more()
+            else:
+                buf = buf[end + 2 :]
+        if len(buf) > 2:
+            self.keep_alive = False  # bytes past the response: this connection is not sane
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
