@@ -190,6 +190,16 @@ def test_tokens_round_trip_and_reject_tampering() -> None:
         tokens.verify("fw-not-a-feedback-token", SECRET, 60)
 
 
+def test_lowering_the_ttl_caps_tokens_already_issued(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tokens.issue("chatcmpl-1", "ten_1", SECRET, 3600)
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert tokens.verify(token, SECRET, 3600) == ("chatcmpl-1", "ten_1")
+    with pytest.raises(AuthenticationError) as err:
+        tokens.verify(token, SECRET, 60)
+    assert err.value.code == "expired_feedback_token"
+
+
 def test_expired_token_is_401(monkeypatch: pytest.MonkeyPatch) -> None:
     token = tokens.issue("chatcmpl-1", "ten_1", SECRET, 60)
     later = time.time() + 61
