@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
 from gateway import logs, metrics
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.api.streaming import EventStreamResponse
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
 from gateway.errors import FlywheelError, InvalidRequest, RateLimited
 from gateway.ids import completion_id
@@ -211,9 +212,8 @@ class OpenAIServing:
             await self._finish(call, limits, exc)
             raise
         if body.stream:
-            return StreamingResponse(
+            return EventStreamResponse(
                 self._sse(call, first, stream, limits),
-                media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
         try:
@@ -255,9 +255,9 @@ class OpenAIServing:
         if exc is not None:
             if isinstance(exc, FlywheelError):
                 call.status, call.error_type = "error", exc.error_type
-            elif isinstance(exc, (GeneratorExit, Exception)):
+            elif isinstance(exc, Exception):
                 call.status, call.error_type = "error", type(exc).__name__
-            else:  # CancelledError: the client went away
+            else:  # CancelledError or GeneratorExit (the stream closed): the client went away
                 call.status, call.error_type = "cancelled", "client_disconnected"
         self.state.completions.submit(call.log_row())
         _observe(call)
@@ -349,19 +349,23 @@ class OpenAIServing:
         first: GenerationChunk,
         stream: AsyncGenerator[GenerationChunk, None],
         limits: Limits,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         exc: BaseException | None = None
+        # One write per engine chunk: the events it makes (with the role first, and the
+        # finish, usage and [DONE] last) go out together instead of one send each.
+        events = [self._chunk(call, "", None, role=True)] if call.kind == "chat" else []
         try:
-            if call.kind == "chat":
-                yield self._chunk(call, "", None, role=True)
             chunk: GenerationChunk | None = first
             while chunk is not None:
                 call.absorb(chunk)
                 if chunk.text:
-                    yield self._chunk(call, chunk.text, None)
+                    events.append(self._chunk(call, chunk.text, None))
                 if chunk.finish_reason is not None:
-                    yield self._chunk(call, None, chunk.finish_reason)
+                    events.append(self._chunk(call, None, chunk.finish_reason))
                     break
+                if events:
+                    yield "".join(events)
+                    events.clear()
                 chunk = await anext(stream, None)
             if call.body.include_usage:
                 usage: dict[str, Any] = {
@@ -372,8 +376,9 @@ class OpenAIServing:
                     "choices": [],
                     "usage": call.usage(),
                 }
-                yield f"data: {json.dumps(usage, separators=(',', ':'))}\n\n"
-            yield "data: [DONE]\n\n"
+                events.append(f"data: {json.dumps(usage, separators=(',', ':'))}\n\n")
+            events.append("data: [DONE]\n\n")
+            yield "".join(events)
         except FlywheelError as err:
             exc = err
             # Headers are gone; OpenAI clients surface an in-stream error object.

@@ -1,0 +1,130 @@
+"""A client that hangs up mid-stream, over real sockets: the gateway (on uvicorn) drops its
+upstream call at once and logs the completion as cancelled.
+
+The upstream is a vLLM-shaped ASGI app that sends one token and then holds the stream open
+until its caller goes away, so the only way this test passes is the hang-up travelling from
+the client through the gateway to the engine connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from gateway.app import create_app
+from gateway.db.models import Completion
+from gateway.state import AppState
+from tests.helpers import make_settings, seed_tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass
+class HoldingUpstream:
+    """Answers vLLM's routes; a completion sends "Hello" and waits for the caller to leave."""
+
+    caller_left: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        path = scope["path"]
+        if path == "/v1/models":
+            cards = [{"id": "demo-base", "object": "model", "root": "demo-base", "parent": None}]
+            await self._reply(send, 200, {"object": "list", "data": cards})
+        elif path == "/v1/unload_lora_adapter":
+            err = {"message": "cannot be found", "type": "NotFoundError", "code": 404}
+            await self._reply(send, 404, {"error": err})
+        elif path == "/v1/chat/completions":
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            event = {"choices": [{"index": 0, "delta": {"content": "Hello"}}]}
+            body = b"data: " + json.dumps(event).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.caller_left.set()
+        else:  # /health
+            await self._reply(send, 200, {})
+
+    @staticmethod
+    async def _reply(send: Any, status: int, obj: object) -> None:
+        body = json.dumps(obj).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a socket bound before uvicorn starts: connections made meanwhile wait
+    in the listen backlog, so no readiness polling is needed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_hanging_up_mid_stream_cancels_the_upstream_call(
+    tmp_path: Path, demo_base: Path
+) -> None:
+    upstream = HoldingUpstream()
+    async with _serve(upstream) as upstream_url:
+        settings = make_settings(
+            tmp_path,
+            f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
+            demo_base,
+            engine="vllm",
+            vllm_urls=upstream_url,
+        )
+        app = create_app(settings)
+        async with (
+            _serve(app) as gateway_url,
+            httpx.AsyncClient(base_url=gateway_url, timeout=10) as client,
+        ):
+            assert (await client.get("/healthz")).status_code == 200  # the lifespan has run
+            state: AppState = app.state.flywheel
+            tenant = await seed_tenant(state.db, settings, "acme", {})
+            async with client.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {tenant.key}"},
+                json={
+                    "model": "demo-base",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "stream": True,
+                },
+            ) as response:
+                assert response.status_code == 200
+                completion_id = response.headers["x-flywheel-completion-id"]
+                async for line in response.aiter_lines():
+                    if "Hello" in line:
+                        break  # leaving the block closes the connection mid-stream
+            await asyncio.wait_for(upstream.caller_left.wait(), timeout=10)
+            assert await state.completions.flush(timeout=10)
+            async with state.db.session() as session:
+                row = (
+                    await session.execute(select(Completion).where(Completion.id == completion_id))
+                ).scalar_one()
+            assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
+            assert row.response_text == "Hello"
