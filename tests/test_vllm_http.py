@@ -209,3 +209,42 @@ async def test_refused_connection_fails_fast() -> None:
     )
     with pytest.raises(ConnectionFailed):
         await body(pool)
+
+
+async def test_control_get_survives_the_server_closing_a_reused_connection() -> None:
+    # uvicorn closes idle keep-alive connections; a GET that loses that race is sent once more
+    # on a fresh connection instead of calling the replica down.
+    from gateway.engine.vllm_client import VLLMClient
+
+    models = b'{"object": "list", "data": [{"id": "base", "parent": null}]}'
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        served = 0
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if connections == 1 and served == 1:
+                    break  # the second request on the first connection: close, no answer
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(models), models)
+                )
+                await writer.drain()
+                served += 1
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    client = VLLMClient(f"http://127.0.0.1:{port}")
+    try:
+        assert (await client.models()).base == "base"
+        assert (await client.models()).base == "base"  # reused connection closed: retried
+        assert connections == 2
+    finally:
+        await client.aclose()
+        server.close()

@@ -109,7 +109,13 @@ class VLLMClient:
             base_url=url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=min(control_timeout_s, 2.0)),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            # uvicorn (which vLLM serves on) closes a keep-alive connection idle for 5 s, as
+            # long as httpx's default keeps one: a request on it races the close and fails
+            # with "Server disconnected without sending a response".  With health checks every
+            # 5 s that took a healthy replica out of rotation under the overhead benchmark.
+            limits=httpx.Limits(
+                max_connections=1024, max_keepalive_connections=256, keepalive_expiry=2.0
+            ),
             transport=transport,
         )
         self._control_timeout = httpx.Timeout(control_timeout_s)
@@ -134,13 +140,16 @@ class VLLMClient:
     async def _request(
         self, method: str, path: str, *, body: Any = None, control: bool = True
     ) -> httpx.Response:
+        timeout = self._control_timeout if control else httpx.USE_CLIENT_DEFAULT
         try:
-            response = await self._http.request(
-                method,
-                path,
-                json=body,
-                timeout=self._control_timeout if control else httpx.USE_CLIENT_DEFAULT,
-            )
+            try:
+                response = await self._http.request(method, path, json=body, timeout=timeout)
+            except httpx.RemoteProtocolError:
+                if method != "GET":
+                    raise
+                # The server closed a pooled connection as it was reused (the keep-alive race
+                # above, or a restart): once more on a fresh one before calling the replica down.
+                response = await self._http.request(method, path, json=body, timeout=timeout)
         except httpx.TransportError as exc:
             raise ReplicaDown(f"{self.url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code in _REPLICA_STATUSES:
