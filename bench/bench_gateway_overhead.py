@@ -42,7 +42,7 @@ import httpx
 BASE = "fake-base"
 LITELLM_VENV_BIN = Path.home() / ".cache/flywheel-bench/litellm-venv/bin/litellm"
 CONCURRENCY = (1, 32, 128)
-REQUESTS = {1: 300, 32: 1600, 128: 2560}
+REQUESTS = {1: 1000, 32: 1600, 128: 2560}
 BODY = {
     "model": BASE,
     "messages": [{"role": "user", "content": "Say hello."}],
