@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.api import errors as api_errors
 from gateway.api import health
 from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.openai.router import completions_router
 from gateway.api.openai.router import router as openai_router
 from gateway.bootstrap import (
     adapter_verifier,
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
     api_errors.install(app)
     app.include_router(health.router)
+    app.include_router(completions_router)
     app.include_router(openai_router)
     app.include_router(feedback_router)
     app.include_router(admin_router)

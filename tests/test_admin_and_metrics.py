@@ -117,6 +117,8 @@ async def test_admin_actions_are_audited(env: Env) -> None:
 async def test_openapi_documents_admin(env: Env) -> None:
     schema = (await env.client.get("/openapi.json")).json()
     assert "/admin/adapters/{tenant}/{name}/promote" in schema["paths"]
+    # The completion routes skip FastAPI's request handler (DirectRoute) but stay documented.
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= schema["paths"].keys()
 
 
 def sample(text: str, name: str, **labels: str) -> float:
