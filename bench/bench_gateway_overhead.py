@@ -413,7 +413,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(results.pop("table"))
     print()
     print({k: v for k, v in results.items() if k != "rows"})
+    print()
+    print(verdict(results))
     return results
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """The issue's two targets, each met or missed in this run."""
+
+    def judged(value: float | None, ok: bool, unit: str) -> str:
+        return "not measured" if value is None else f"{value}{unit} ({'met' if ok else 'MISSED'})"
+
+    parts = []
+    for mode in ("json", "stream"):
+        added = results.get(f"{mode}_added_p50_ms_1_client")
+        ratio = results.get(f"{mode}_throughput_vs_litellm_32_clients")
+        parts.append(
+            f"{mode}: added p50 at 1 client {judged(added, (added or 0) <= 1.0, ' ms')}, "
+            f"throughput at 32 clients {judged(ratio, (ratio or 0) >= 3.0, 'x LiteLLM')}"
+        )
+    return (
+        "Targets: added p50 at most 1 ms at 1 client; at least 3x LiteLLM's throughput at 32 "
+        "clients. This run: " + "; ".join(parts) + "."
+    )
 
 
 if __name__ == "__main__":
