@@ -142,6 +142,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(feedback_router)
     app.include_router(admin_router)
+    if app.state.settings.console:
+        from gateway.api.console import router as console_router
+
+        app.include_router(console_router)
     return app
 
 

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         "An admin token accepted besides the hashed ones in the database (`flywheel admin "
         "token-create`). In development one is kept in `<data_dir>/admin-token`.",
     )
+    console: bool = _f(
+        True,
+        "Serve the web console at `/console`: static pages; every action goes through the "
+        "admin API with an admin token the operator pastes in.",
+    )
     metrics_tenant_label: bool = _f(
         True, "Label metrics by tenant; switch off when tenants are many (cardinality)."
     )

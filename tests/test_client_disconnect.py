@@ -9,23 +9,19 @@ the client through the gateway to the engine connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.db.models import Completion
 from gateway.state import AppState
-from tests.helpers import make_settings, seed_tenant
+from tests.helpers import make_settings, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -68,28 +64,11 @@ class HoldingUpstream:
         await send({"type": "http.response.body", "body": body})
 
 
-@contextlib.asynccontextmanager
-async def _serve(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` on a socket bound before uvicorn starts: connections made meanwhile wait
-    in the listen backlog, so no readiness polling is needed."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 async def test_hanging_up_mid_stream_cancels_the_upstream_call(
     tmp_path: Path, demo_base: Path
 ) -> None:
     upstream = HoldingUpstream()
-    async with _serve(upstream) as upstream_url:
+    async with serve_on_socket(upstream) as upstream_url:
         settings = make_settings(
             tmp_path,
             f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
@@ -99,7 +78,7 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(
         )
         app = create_app(settings)
         async with (
-            _serve(app) as gateway_url,
+            serve_on_socket(app) as gateway_url,
             httpx.AsyncClient(base_url=gateway_url, timeout=10) as client,
         ):
             assert (await client.get("/healthz")).status_code == 200  # the lifespan has run

@@ -1,0 +1,111 @@
+// The web console's only way to the gateway: the admin API, with an admin token.
+// Kept free of the DOM so it runs (and is tested) under Node as well as in the browser.
+
+export class AdminError extends Error {
+  constructor(status, message, code) {
+    super(message);
+    this.name = "AdminError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const q = encodeURIComponent;
+
+export class AdminClient {
+  constructor(token, base = "") {
+    this.token = token;
+    this.base = base;
+  }
+
+  async request(method, path, body) {
+    const headers = { authorization: `Bearer ${this.token}` };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(this.base + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new AdminError(0, `The gateway did not answer: ${err.message}`, "network_error");
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      // Flywheel's errors are OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
+      const error = (data && data.error) || {};
+      throw new AdminError(
+        response.status,
+        error.message || text || response.statusText,
+        error.code || null,
+      );
+    }
+    return data;
+  }
+
+  tenants() {
+    return this.request("GET", "/admin/tenants");
+  }
+
+  createTenant(name) {
+    return this.request("POST", "/admin/tenants", { name });
+  }
+
+  keys(tenant) {
+    return this.request("GET", `/admin/tenants/${q(tenant)}/keys`);
+  }
+
+  rotateKeys(tenant) {
+    return this.request("POST", `/admin/tenants/${q(tenant)}/keys/rotate`);
+  }
+
+  adapters(tenant) {
+    const query = tenant ? `?tenant=${q(tenant)}` : "";
+    return this.request("GET", `/admin/adapters${query}`);
+  }
+
+  verify(tenant, adapter, version) {
+    return this.request(
+      "POST",
+      `/admin/adapters/${q(tenant)}/${q(adapter)}/versions/${q(version)}/verify`,
+    );
+  }
+
+  promote(tenant, adapter, version, reason = "") {
+    return this.request("POST", `/admin/adapters/${q(tenant)}/${q(adapter)}/promote`, {
+      version,
+      reason,
+    });
+  }
+
+  rollback(tenant, adapter, reason = "") {
+    return this.request("POST", `/admin/adapters/${q(tenant)}/${q(adapter)}/rollback`, {
+      reason,
+    });
+  }
+
+  rounds(tenant, limit = 50) {
+    const query = tenant ? `&tenant=${q(tenant)}` : "";
+    return this.request("GET", `/admin/rounds?limit=${q(limit)}${query}`);
+  }
+
+  gateReports(tenant, limit = 50) {
+    const query = tenant ? `&tenant=${q(tenant)}` : "";
+    return this.request("GET", `/admin/gate-reports?limit=${q(limit)}${query}`);
+  }
+
+  feedbackStats(tenant) {
+    return this.request("GET", `/admin/feedback/stats?tenant=${q(tenant)}`);
+  }
+
+  audit(limit = 100) {
+    return this.request("GET", `/admin/audit?limit=${q(limit)}`);
+  }
+}
