@@ -88,11 +88,13 @@ def main(argv: list[str]) -> int:
         "ratio is measured side by side in one run.\n\n"
     )
     doc = ROOT / "docs" / "benchmarks.md"
-    if names != list(BENCHES) and doc.exists():
-        # A subset refreshes its own sections and keeps the others as they were measured.
+    if doc.exists():
+        # Refresh the sections run now; keep the others as they were measured (a subset's
+        # other benchmarks, and sections written by hand, e.g. runs on another machine).
         old = _sections(doc.read_text())
         sections = {title: sections.get(title, old.get(title, "")) for _, title in _ordered(old)}
-        header = doc.read_text().split("\n## ", 1)[0].rstrip("\n") + "\n\n"
+        if names != list(BENCHES):
+            header = doc.read_text().split("\n## ", 1)[0].rstrip("\n") + "\n\n"
     doc.write_text(header + "\n".join(s for s in sections.values() if s))
     return 1 if failed else 0
 
