@@ -17,7 +17,8 @@ rows that are already there, and they are skipped: each row lands exactly once.
 
 Rows the database refuses for their content (a constraint or type error, not an outage) are
 isolated one by one and kept in ``<spool_dir>/rejected.jsonl`` with the error, never retried
-forever and never silently dropped.
+forever and never silently dropped; only an erasure removes them (``scrub_rejected``, at start
+and every ``scrub_interval_s``).
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ async def write_records(db: Database, records: Sequence[Record]) -> None:
     async with db.transaction() as session:
         erased = await _erasures(session, completions + feedback)
         if erased:
-            completions = [r for r in completions if not _erased(r, "received_at", erased)]
-            feedback = [r for r in feedback if not _erased(r, "created_at", erased)]
+            completions = [r for r in completions if not _erased(r, _STAMP["completion"], erased)]
+            feedback = [r for r in feedback if not _erased(r, _STAMP["feedback"], erased)]
         await insert_completions(session, completions)
         if feedback:
             await upsert_feedback_rows(session, feedback)
@@ -174,6 +175,26 @@ async def _erasures(
     return {(t, u): as_utc(at) for t, u, at in found}
 
 
+_STAMP = {"completion": "received_at", "feedback": "created_at"}
+
+
+async def scrub_rejected(db: Database, spool: Spool) -> int:
+    """Apply the recorded erasures to the spool's ``rejected.jsonl``: rows there never reach
+    the database, so the write path's filter never sees them.  Returns the rows removed."""
+    records = await asyncio.to_thread(spool.rejected)
+    if not records:
+        return 0
+    async with db.session() as session:
+        erased = await _erasures(session, [r.row for r in records])
+    if not erased:
+        return 0
+
+    def drop(record: Record) -> bool:
+        return _erased(record.row, _STAMP[record.kind], erased)
+
+    return await asyncio.to_thread(spool.scrub_rejected, drop)
+
+
 def _erased(row: dict[str, Any], stamp: str, erased: dict[tuple[str, str], datetime]) -> bool:
     """True for a row of an end user erased after the row was made (it must not come back)."""
     at = erased.get((row["tenant_id"], row.get("end_user") or ""))
@@ -195,6 +216,7 @@ class CompletionLog:
         retry_interval_s: float = 1.0,
         write_timeout_s: float = 15.0,
         stop_timeout_s: float = 20.0,
+        scrub_interval_s: float = 600.0,
         claim_spool: bool = False,
     ) -> None:
         """``claim_spool``: use the first free spool under ``spool_dir`` (several processes)."""
@@ -205,6 +227,8 @@ class CompletionLog:
         self.retry_interval_s = retry_interval_s
         self.write_timeout_s = write_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.scrub_interval_s = scrub_interval_s
+        self._scrub_task: asyncio.Task[None] | None = None
         self._spool = Spool.claim(spool_dir) if claim_spool else Spool(spool_dir)
         self._queue: deque[dict[str, Any]] = deque()
         self._queued_since = 0.0
@@ -243,10 +267,16 @@ class CompletionLog:
         self._spooled.update(await asyncio.to_thread(spooled_keys))
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="flywheel-completion-log")
+        await self._scrub_once()
+        self._scrub_task = asyncio.create_task(self._scrub_loop(), name="flywheel-scrub-rejected")
 
     async def stop(self) -> None:
         """Drain the queue to the database, or to the spool if it is down or too slow."""
         self._stopping = True
+        if self._scrub_task is not None:
+            self._scrub_task.cancel()
+            await asyncio.wait({self._scrub_task})
+            self._scrub_task = None
         self._next_probe = 0.0  # one more try even if the database was down
         self._wake.set()
         task = self._task
@@ -373,6 +403,27 @@ class CompletionLog:
         }
 
     # --- the writer task ------------------------------------------------------------------
+
+    async def scrub_rejected(self) -> int:
+        """Drop erased end users' rows from this process's ``rejected.jsonl`` now."""
+        return await scrub_rejected(self.db, self._spool)
+
+    async def _scrub_once(self) -> None:
+        try:
+            removed = await self.scrub_rejected()
+        except Exception:  # the database is down, say: the next round catches up
+            log.warning("completion log: scrubbing rejected rows failed", exc_info=True)
+            return
+        if removed:
+            log.info("completion log: %d rejected row(s) of erased end users removed", removed)
+
+    async def _scrub_loop(self) -> None:
+        # Each process scrubs its own spool (start() ran the first round): an erasure made
+        # through another replica or the CLI reaches this one's rejected rows within an
+        # interval.
+        while True:
+            await asyncio.sleep(self.scrub_interval_s)
+            await self._scrub_once()
 
     async def _run(self) -> None:
         while True:

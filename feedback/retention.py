@@ -36,6 +36,7 @@ class Deleted:
     completions: int = 0
     feedback: int = 0
     heldout_rows: int = 0  # copies a training round kept of erased data
+    rejected_rows: int = 0  # rows in this process's spool quarantine (rejected.jsonl)
 
     def add(self, other: Deleted) -> None:
         self.completions += other.completions
@@ -101,6 +102,8 @@ async def forget_end_user(
         db, Feedback.end_user == end_user, tenant_id, batch_size
     )
     deleted.heldout_rows = await _scrub_rounds(db, tenant_id, prompts)
+    if log is not None:  # other processes scrub theirs on their own schedule
+        deleted.rejected_rows = await log.scrub_rejected()
     return deleted
 
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -172,6 +172,44 @@ class Spool:
             fp.write(line)
             fp.flush()
             os.fsync(fp.fileno())
+
+    def rejected(self) -> list[Record]:
+        """The rows kept in ``rejected.jsonl`` (lines that do not parse are left out)."""
+        with self._lock:
+            return [record for _, record in self._rejected_lines() if record is not None]
+
+    def scrub_rejected(self, drop: Callable[[Record], bool]) -> int:
+        """Rewrite ``rejected.jsonl`` without the rows ``drop`` picks (erasure): the new file
+        is fsynced and renamed over the old one, so a crash leaves one or the other whole."""
+        path = self.directory / REJECTED
+        with self._lock:
+            lines = self._rejected_lines()
+            kept = [line for line, record in lines if record is None or not drop(record)]
+            removed = len(lines) - len(kept)
+            if removed:
+                tmp = path.with_name(REJECTED + ".tmp")
+                with open(tmp, "w", encoding="utf-8") as fp:
+                    fp.writelines(kept)
+                    fp.flush()
+                    os.fsync(fp.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(self.directory)
+            return removed
+
+    def _rejected_lines(self) -> list[tuple[str, Record | None]]:
+        path = self.directory / REJECTED
+        if not path.exists():
+            return []
+        out: list[tuple[str, Record | None]] = []
+        with open(path, encoding="utf-8", errors="replace") as fp:
+            for line in fp:
+                if not line.strip():
+                    continue
+                try:
+                    out.append((line, decode(json.dumps(json.loads(line)["record"]))))
+                except (ValueError, KeyError, TypeError):
+                    out.append((line, None))  # kept as it is: a human reads this file
+        return out
 
     def read(self, path: Path) -> Segment:
         records: list[Record] = []

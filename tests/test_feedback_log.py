@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -300,3 +301,45 @@ async def test_rows_the_database_refuses_are_set_aside_not_retried_forever(
     assert any(bad["id"] in line for line in rejected)
     assert any("cmpl-broken" in line for line in rejected)
     assert log.spool_rows == 0 and not log.degraded
+
+
+async def test_erasure_scrubs_rejected_rows_here_and_in_other_processes(
+    db: Database, tenant: Tenant, tmp_path: Path
+) -> None:
+    """rejected.jsonl never reaches the database, so the write path's erasure filter never sees
+    it: forget scrubs this process's file at once, and every other log scrubs its own at
+    start and then on an interval."""
+    from feedback.retention import forget_end_user
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    other = make_log(db, there)
+    await other.start()
+    log = make_log(db, here)
+    await log.start()
+    try:
+        for target in (log, other):
+            for user in ("u1", "u2"):
+                target.submit(completion_row(tenant.id, end_user=user, prompt_tokens=None))
+            target.submit(completion_row(tenant.id, end_user="u1", completion_tokens=None))
+            assert await target.flush(timeout=30)
+            assert target.rejected_rows == 3
+        await other.stop()  # "another gateway", down during the erasure
+        deleted = await forget_end_user(db, tenant.id, "u1", log=log)
+        assert deleted.rejected_rows == 2
+        assert rejected_users(here) == ["u2"]
+        assert rejected_users(there) == ["u1", "u2", "u1"]  # not reachable from here
+        later = make_log(db, there)
+        await later.start()  # scrubs at start
+        try:
+            assert await later.scrub_rejected() == 0  # already done by the start-up round
+            assert rejected_users(there) == ["u2"]
+        finally:
+            await later.stop()
+    finally:
+        await log.stop()
+
+
+def rejected_users(spool_dir: Path) -> list[str]:
+    """The end users in a spool's rejected.jsonl, read as a human would (it is plain JSON)."""
+    lines = (spool_dir / "rejected.jsonl").read_text().splitlines()
+    return [json.loads(line)["record"]["row"]["end_user"] for line in lines]
