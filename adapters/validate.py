@@ -31,15 +31,53 @@ class AdapterInfo:
 
 @dataclass(frozen=True)
 class BaseSpec:
-    """Linear modules of the base: suffix name -> (in_features, out_features)."""
+    """Linear modules of the base: suffix name -> the (in_features, out_features) it has (a
+    suffix may have several, e.g. ``q_proj`` in a vision tower and in the language model)."""
 
     name: str
-    linear: dict[str, tuple[int, int]]
+    linear: dict[str, set[tuple[int, int]]]
     layers: int = 0  # decoder layers; 0: unknown (layer indices are then not checked)
 
 
+def base_spec(base_path: Path, name: str) -> BaseSpec:
+    """The base's linear modules read from its own safetensors headers (any architecture, no
+    weights loaded); a base without safetensors falls back to the Llama-family config."""
+    files = _weight_files(base_path)
+    if not files:
+        return base_spec_from_config(base_path, name)
+    linear: dict[str, set[tuple[int, int]]] = {}
+    for file in files:
+        for key, shape in _safetensors_shapes(file).items():
+            if key.endswith(".weight") and len(shape) == 2:
+                module = key[: -len(".weight")].rsplit(".", 1)[-1]
+                out_features, in_features = shape  # nn.Linear stores (out, in)
+                linear.setdefault(module, set()).add((in_features, out_features))
+    return BaseSpec(name=name, linear=linear, layers=_layers(base_path))
+
+
+def _weight_files(base_path: Path) -> list[Path]:
+    index = base_path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [base_path / shard for shard in shards]
+    return sorted(base_path.glob("*.safetensors"))
+
+
+def _layers(base_path: Path) -> int:
+    try:
+        cfg = json.loads((base_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    cfg = cfg.get("text_config") or cfg  # multimodal configs nest the language model's
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(cfg.get(key), int):
+            return int(cfg[key])
+    return 0
+
+
 def base_spec_from_config(base_path: Path, name: str) -> BaseSpec:
-    """Shapes of a Llama-family base's linear layers from its config.json (no torch needed)."""
+    """Shapes of a Llama-family base's linear layers from its config.json, for a base whose
+    weights are not in safetensors."""
     cfg = json.loads((base_path / "config.json").read_text())
     hidden = int(cfg["hidden_size"])
     inter = int(cfg["intermediate_size"])
@@ -47,13 +85,13 @@ def base_spec_from_config(base_path: Path, name: str) -> BaseSpec:
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
     linear = {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv_heads * head_dim),
-        "v_proj": (hidden, kv_heads * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
+        "q_proj": {(hidden, heads * head_dim)},
+        "k_proj": {(hidden, kv_heads * head_dim)},
+        "v_proj": {(hidden, kv_heads * head_dim)},
+        "o_proj": {(heads * head_dim, hidden)},
+        "gate_proj": {(hidden, inter)},
+        "up_proj": {(hidden, inter)},
+        "down_proj": {(inter, hidden)},
     }
     return BaseSpec(name=name, linear=linear, layers=int(cfg.get("num_hidden_layers") or 0))
 
@@ -124,11 +162,14 @@ def _check_tensors(shapes: dict[str, list[int]], base: BaseSpec, rank: int) -> s
                 f"tensor {key} targets layer {layer.group(1)}, but base {base.name!r} has "
                 f"{base.layers} layers: the adapter was trained on a different base"
             )
-        fan_in, fan_out = base.linear[module]
-        expected = [rank, fan_in] if ".lora_A." in key else [fan_out, rank]
-        if list(shape) != expected:
+        expected = [
+            [rank, fan_in] if ".lora_A." in key else [fan_out, rank]
+            for fan_in, fan_out in sorted(base.linear[module])
+        ]
+        if list(shape) not in expected:
+            wanted = " or ".join(map(str, expected))
             raise AdapterInvalid(
-                f"tensor {key} has shape {shape}, expected {expected} for base {base.name!r}: "
+                f"tensor {key} has shape {shape}, expected {wanted} for base {base.name!r}: "
                 "the adapter was trained on a different base"
             )
         targets.add(module)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from adapters.validate import BaseSpec, base_spec_from_config
+from adapters.validate import BaseSpec, base_spec
 from gateway.config import Settings
 from gateway.db.models import Tenant
 from gateway.db.session import Database
@@ -29,7 +29,7 @@ class BaseModel:
     name: str
 
     def spec(self) -> BaseSpec:
-        return base_spec_from_config(self.path, self.name)
+        return base_spec(self.path, self.name)
 
 
 def resolve_base(settings: Settings, *, build: bool = True) -> BaseModel:

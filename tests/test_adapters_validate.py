@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from adapters.validate import base_spec_from_config, inspect_adapter
+from adapters.validate import base_spec, base_spec_from_config, inspect_adapter
 from gateway.errors import AdapterInvalid
 
 
@@ -24,8 +24,46 @@ def _rewrite(adapter: Path, change: object) -> None:
     save_file(change(tensors), adapter / "adapter_model.safetensors")
 
 
+def test_the_base_read_from_its_weights_matches_the_config_reading(demo_base: Path) -> None:
+    from_weights, from_config = base_spec(demo_base, "demo"), base_spec_from_config(demo_base, "d")
+    assert from_weights.layers == from_config.layers == 2
+    for module, shapes in from_config.linear.items():
+        assert from_weights.linear[module] == shapes
+
+
+def test_a_non_llama_base_with_fused_projections(tmp_path: Path) -> None:
+    # Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj: the config-based reading
+    # knows only Llama's names, the weights-based one reads whatever the base has.
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    base = tmp_path / "phi3"
+    Phi3ForCausalLM(config).save_pretrained(base)
+    lora = LoraConfig(r=4, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    peft_model = get_peft_model(Phi3ForCausalLM(config), lora)
+    adapter = tmp_path / "phi3-lora"
+    peft_model.save_pretrained(adapter)
+
+    info = inspect_adapter(adapter, base_spec(base, "phi3"), max_rank=64)
+    assert set(info.target_modules) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    with pytest.raises(AdapterInvalid, match="_proj' does not exist in base 'phi3'"):
+        inspect_adapter(adapter, base_spec_from_config(base, "phi3"), max_rank=64)
+
+
 def test_a_demo_adapter_passes(demo_base: Path, adapter: Path) -> None:
-    info = inspect_adapter(adapter, base_spec_from_config(demo_base, "demo"), max_rank=64)
+    info = inspect_adapter(adapter, base_spec(demo_base, "demo"), max_rank=64)
     assert info.rank == 8 and not info.use_dora
     assert set(info.target_modules) <= {"q_proj", "k_proj", "v_proj", "o_proj"} | {
         "gate_proj",
@@ -54,7 +92,7 @@ def test_missing_files_and_other_peft_types(demo_base: Path, adapter: Path) -> N
 def test_wrong_shapes_unknown_modules_and_layers_are_another_base(
     demo_base: Path, adapter: Path, tmp_path: Path
 ) -> None:
-    spec = base_spec_from_config(demo_base, "demo")
+    spec = base_spec(demo_base, "demo")
     original = load_file(adapter / "adapter_model.safetensors")
     key = next(k for k in original if ".lora_A." in k)
 
