@@ -127,10 +127,10 @@ async def test_chunked_framing_however_it_is_split(
 
 
 async def test_malformed_chunk_fails(served: Callable[..., asyncio.Future[StreamPool]]) -> None:
-    raw = RawServer(lambda _: [CHUNKED[0], b"3\r\nabcdef\r\n0\r\n\r\n"])
-    pool = await served(raw)
-    with pytest.raises(ConnectionFailed):
-        await body(pool)
+    for broken in (b"3\r\nabcdef\r\n0\r\n\r\n", b"-3\r\nabc\r\n0\r\n\r\n", b"zz\r\n"):
+        pool = await served(RawServer(lambda _, b=broken: [CHUNKED[0], b]))
+        with pytest.raises(ConnectionFailed):
+            await body(pool)
 
 
 async def test_content_length_and_error_status(

@@ -104,6 +104,8 @@ class StreamedResponse:
                 buf += await self._more()
                 continue
             size = int(buf[:end].split(b";", 1)[0].strip(), 16)  # ValueError: not HTTP
+            if size < 0:
+                raise ConnectionFailed(f"a negative chunk size: {buf[:end]!r}")
             if size == 0:
                 buf = buf[end + 2 :]
                 break
