@@ -97,8 +97,19 @@ async function adaptersView() {
   return table(["tenant", "adapter", "version", "state", "signed", "rank", "digest", "created", ""], rows);
 }
 
+function fillTenantFilter(tenants) {
+  const filter = $("tenant-filter");
+  const chosen = filter.value;
+  filter.replaceChildren(
+    el("option", { value: "" }, "all"),
+    ...tenants.map((t) => el("option", { value: t.name }, t.name)),
+  );
+  filter.value = tenants.some((t) => t.name === chosen) ? chosen : "";
+}
+
 async function tenantsView() {
   const tenants = await client.tenants();
+  fillTenantFilter(tenants);  // a tenant created here shows up in the filter too
   const out = el("div", {});
   const name = el("input", { placeholder: "new tenant name" });
   out.append(
@@ -222,8 +233,7 @@ async function signIn(token) {
   try {
     const tenants = await client.tenants();
     sessionStorage.setItem("flywheel-admin-token", token);
-    const filter = $("tenant-filter");
-    filter.replaceChildren(el("option", { value: "" }, "all"), ...tenants.map((t) => el("option", { value: t.name }, t.name)));
+    fillTenantFilter(tenants);
     $("login").hidden = true;
     $("nav").hidden = false;
     say("");
