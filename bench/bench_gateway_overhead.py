@@ -39,6 +39,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import free_port, wait_until_up
+
 BASE = "fake-base"
 LITELLM_VENV_BIN = Path.home() / ".cache/flywheel-bench/litellm-venv/bin/litellm"
 CONCURRENCY = (1, 32, 128)
@@ -156,27 +158,6 @@ async def fake_upstream(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 # --- processes -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 @contextmanager
@@ -326,7 +307,7 @@ def summary(rows: list[Row], litellm: str) -> dict[str, Any]:
 
 def run(scale: float = 1.0) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fw-bench-overhead-"))
-    up_port, fw_port, lite_port = _free_port(), _free_port(), _free_port()
+    up_port, fw_port, lite_port = free_port(), free_port(), free_port()
     up_url = f"http://127.0.0.1:{up_port}"
     py = sys.executable
     env = {**os.environ}
@@ -363,9 +344,9 @@ def run(scale: float = 1.0) -> dict[str, Any]:
     lite = litellm_bin()
     litellm_note = f"LiteLLM proxy ({lite})" if lite else "not run: no litellm executable found"
     with _process(upstream_cmd, env, root / "upstream.log") as up:
-        _wait(f"{up_url}/health", up, root / "upstream.log")
+        wait_until_up(f"{up_url}/health", up, root / "upstream.log")
         with _process([py, "-m", "gateway.cli.main", "serve"], fw_env, root / "flywheel.log") as fw:
-            _wait(f"http://127.0.0.1:{fw_port}/readyz", fw, root / "flywheel.log")
+            wait_until_up(f"http://127.0.0.1:{fw_port}/readyz", fw, root / "flywheel.log")
             targets = {
                 "direct": (up_url, {}),
                 "flywheel": (f"http://127.0.0.1:{fw_port}", {"authorization": f"Bearer {key}"}),
@@ -391,7 +372,7 @@ def run(scale: float = 1.0) -> dict[str, Any]:
                 "127.0.0.1",
             ]
             with _process(lite_cmd, lite_env, root / "litellm.log") as lp:
-                _wait(
+                wait_until_up(
                     f"http://127.0.0.1:{lite_port}/health/liveliness",
                     lp,
                     root / "litellm.log",

@@ -26,23 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from gateway.config import Settings
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
+from tests.helpers import free_port, wait_until_up
 
 REPLICAS = 3
 BUDGET = 8
 DISTINCT_WEIGHTS = 4
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build(root: Path, adapters: int) -> tuple[Path, list[AdapterRef]]:
@@ -64,7 +55,7 @@ def build(root: Path, adapters: int) -> tuple[Path, list[AdapterRef]]:
 def start_replicas(base: Path, root: Path) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     urls, procs = [], []
     for i in range(REPLICAS):
-        port = _free_port()
+        port = free_port()
         log = (root / f"engine{i}.log").open("wb")
         cmd = [
             sys.executable,
@@ -81,16 +72,9 @@ def start_replicas(base: Path, root: Path) -> tuple[list[str], list[subprocess.P
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         urls.append(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 180
-    for url, proc in zip(urls, procs, strict=True):
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"local engine at {url} did not start; see {root}")
-            time.sleep(0.2)
+    for i, (url, proc) in enumerate(zip(urls, procs, strict=True)):
+        left = max(0.0, deadline - time.monotonic())
+        wait_until_up(f"{url}/health", proc, root / f"engine{i}.log", timeout=left)
     return urls, procs
 
 

@@ -1,9 +1,12 @@
-"""Factories shared by the tests: settings for a throwaway gateway, seeded tenants."""
+"""Factories shared by the tests and benchmarks: settings for a throwaway gateway, seeded
+tenants, ports, and waiting for a server process to come up."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +70,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_up(
+    url: str,
+    proc: subprocess.Popen[Any],
+    log: Path,
+    *,
+    timeout: float = 120.0,
+    interval: float = 0.2,
+    request_timeout: float = 1.0,
+) -> None:
+    """Poll ``url`` (a health or readiness route of the process ``proc``) until it answers 200;
+    raise with the end of ``log`` as soon as the process exits, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=request_timeout).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-5000:] if log.exists() else ""
+            raise RuntimeError(f"{url} did not come up (see {log}):\n{tail}")
+        time.sleep(interval)  # polling a readiness endpoint, not standing in for synchronisation
 
 
 @contextlib.asynccontextmanager

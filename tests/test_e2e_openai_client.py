@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 FLYWHEEL = [sys.executable, "-m", "gateway.cli.main"]
@@ -84,21 +82,13 @@ def server(
         "--sign",
         str(demo_adapters[2]),
     )
-    proc = subprocess.Popen(
-        [*FLYWHEEL, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # A log file, not a pipe: nothing reads the gateway's output while it runs, and a full
+    # pipe would block its logging.
+    log = data / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*FLYWHEEL, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{srv.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read() if proc.stdout else ""
-                raise RuntimeError(f"gateway did not start:\n{out}")
-            time.sleep(0.2)  # polling a readiness endpoint, not standing in for synchronisation
+        wait_until_up(f"{srv.url}/readyz", proc, log)
         yield srv
     finally:
         proc.terminate()

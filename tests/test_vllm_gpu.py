@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.cli.engine import RUNTIME_LORA_ENV, vllm_argv
-from tests.helpers import free_port, make_settings, running_app, seed_tenant
+from tests.helpers import free_port, make_settings, running_app, seed_tenant, wait_until_up
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -63,18 +62,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"vllm did not start:\n{(root / 'vllm.log').read_text()[-5000:]}"
-                )
-            time.sleep(1)  # polling a readiness endpoint, not standing in for synchronisation
+        wait_until_up(
+            f"{url}/health", proc, root / "vllm.log", timeout=600, interval=1, request_timeout=2
+        )
         yield VLLMServer(url, base, adapters)
     finally:
         proc.terminate()

@@ -26,7 +26,7 @@ from gateway.config import Settings
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
 from gateway.errors import AdapterInvalid, EngineError
-from tests.helpers import free_port, make_settings, running_app, seed_tenant
+from tests.helpers import free_port, make_settings, running_app, seed_tenant, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -61,15 +61,8 @@ def spawn(base: Path, workdir: Path, *extra: str) -> LocalEngine:
 def wait_ready(engines: list[LocalEngine], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     for engine in engines:
-        while True:
-            try:
-                if httpx.get(f"{engine.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if engine.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"local engine did not start:\n{engine.log.read_text()}")
-            time.sleep(0.2)  # polling a readiness endpoint, not standing in for synchronisation
+        left = max(0.0, deadline - time.monotonic())
+        wait_until_up(f"{engine.url}/health", engine.proc, engine.log, timeout=left)
 
 
 def stop(engines: list[LocalEngine]) -> None:
