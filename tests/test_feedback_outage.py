@@ -283,6 +283,21 @@ class Blocker:
         await self.release()
 
 
+async def replay_spool(db: Database, spool_dir: Path, tenant_id: str) -> list[str]:
+    """What the next gateway start does with a spool (replay it), then the tenant's
+    completion ids in the database, duplicates included."""
+    log = make_log(db, spool_dir)
+    await log.start()
+    try:
+        await wait_flushed(log)
+    finally:
+        await log.stop()
+    async with db.session() as session:
+        return list(
+            await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant_id))
+        )
+
+
 async def _readline(proc: subprocess.Popen[str], prefix: str, timeout: float = 120) -> str:
     assert proc.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout)
@@ -353,16 +368,7 @@ async def test_sigterm_with_a_full_queue_loses_nothing(
     assert ids <= in_db | spooled, f"{len(ids - in_db - spooled)} rows lost"
 
     # The next run replays the spool: every row in the database exactly once.
-    log = make_log(db, spool_dir)
-    await log.start()
-    try:
-        await wait_flushed(log)
-    finally:
-        await log.stop()
-    async with db.session() as session:
-        rows = list(
-            await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant.id))
-        )
+    rows = await replay_spool(db, spool_dir, tenant.id)
     assert len(rows) == len(set(rows)) == n and set(rows) == ids
     assert not list(spool_dir.glob("seg-*.jsonl"))
 
@@ -436,14 +442,5 @@ async def test_sigterm_to_a_serving_gateway_with_a_stuck_database_loses_nothing(
         if proc.poll() is None:
             proc.kill()
 
-    log = make_log(db, data / "spool")  # the next start replays the spool
-    await log.start()
-    try:
-        await wait_flushed(log)
-    finally:
-        await log.stop()
-    async with db.session() as session:
-        rows = list(
-            await session.scalars(select(Completion.id).where(Completion.tenant_id == tenant.id))
-        )
+    rows = await replay_spool(db, data / "spool", tenant.id)
     assert sorted(rows) == sorted(ids)  # every answered completion, exactly once
