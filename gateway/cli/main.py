@@ -13,8 +13,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from gateway.cli import (
     adapters,
     admin,
+    base,
     db,
     demo,
+    engine,
     feedback,
     gate,
     golden,
@@ -40,6 +42,8 @@ app.add_typer(gate.app, name="gate")
 app.add_typer(retrain.app, name="retrain")
 app.add_typer(demo.app, name="demo")
 app.add_typer(admin.app, name="admin")
+app.add_typer(base.app, name="base")
+app.add_typer(engine.app, name="engine")
 
 if __name__ == "__main__":
     app()
