@@ -179,7 +179,7 @@ def convert(dest: Path, source: WheelSource = SMOLLM2, cache_dir: Path | None = 
         )
         # transformers marks a GGUF-loaded model as quantized and refuses save_pretrained; the
         # weights are already dequantized, so the marks are cleared, not the data.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         out = tmp / "model"
