@@ -481,6 +481,28 @@ async def test_request_racing_an_unload_neither_hangs_nor_loses_it(tmp_path: Pat
         await engine.stop()
 
 
+async def test_health_check_during_a_drain_does_not_keep_the_old_version(
+    tmp_path: Path,
+) -> None:
+    """The replica still lists a draining version until its unload; a health check meanwhile
+    adopted it back, and the drain then kept it ("wanted again"): seen against real vLLM."""
+    a = FakeVLLM("a")
+    engine, _ = await make_engine(tmp_path, a)
+    try:
+        busy = engine.generate(chat(ref(1)))
+        await anext(busy)  # av1 in flight: its drain waits
+        unload = asyncio.create_task(engine.unload_adapter("fw-av1"))
+        while "fw-av1" in engine.replicas[0].residency:
+            await asyncio.sleep(0)
+        await engine.replicas[0].check()  # /v1/models still lists fw-av1
+        assert "fw-av1" not in engine.replicas[0].residency
+        await busy.aclose()
+        await asyncio.wait_for(unload, 5)
+        assert "fw-av1" not in a.loaded and ("unload", "a", "fw-av1") in a.log
+    finally:
+        await engine.stop()
+
+
 async def test_all_busy_waits_then_503(tmp_path: Path) -> None:
     a = FakeVLLM("a")
     engine, _ = await make_engine(

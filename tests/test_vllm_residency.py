@@ -65,6 +65,16 @@ def replica(url: str, in_flight: int, *names: str, budget: int = 2) -> Replica:
     return r
 
 
+async def test_sync_does_not_adopt_a_draining_adapter_back() -> None:
+    res = loaded(4, "a")
+    res.drain("a")  # out of placement; the replica lists it until its unload
+    res.sync({"a": "/p/a"}, since=res.clock)
+    assert "a" not in res
+    res.drained("a")  # the unload was skipped (replica down): adopted like any stranger
+    res.sync({"a": "/p/a"}, since=res.clock)
+    assert "a" in res
+
+
 async def test_place_prefers_the_least_loaded_holder() -> None:
     rs = [replica("a", 5, "x"), replica("b", 2, "x"), replica("c", 0)]
     p = place(rs, "x", hot_threshold=8, exclude=set())

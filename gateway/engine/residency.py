@@ -6,8 +6,9 @@ half-made decision.  The HTTP calls that follow a decision run under the per-nam
 
 Life of an entry: ``reserve`` (loaded=False, the load is about to run) -> ``confirm`` (the
 replica said 200) -> evicted by a later ``reserve`` (removed here first; the caller unloads it
-under its lock) or ``drop``-ped when the replica turns out not to have it.  Entries adopted from
-the replica's ``/v1/models`` (gateway restart) are loaded but not ``verified`` by this process.
+under its lock) or ``drop``-ped when the replica turns out not to have it, or ``drain``-ed (out of placement at once, unloaded from
+the replica once idle).  Entries adopted from the replica's ``/v1/models`` (gateway restart)
+are loaded but not ``verified`` by this process.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Residency:
         # taken before that change cannot undo it (see ``sync``).
         self._clock = 0
         self._changed: dict[str, int] = {}
+        # Dropped here but still on the replica until their unload: never adopted back.
+        self._draining: set[str] = set()
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -137,6 +140,20 @@ class Residency:
         if self._entries.pop(name, None) is not None:
             self._stamp(name)
 
+    def drain(self, name: str) -> None:
+        """Take ``name`` out of placement; it stays on the replica until ``drained``.
+
+        Its unload waits for its requests in flight, and a ``/v1/models`` snapshot taken
+        meanwhile still lists it: ``sync`` must not adopt it back (the unload would then take
+        it for wanted again and keep it).
+        """
+        self.drop(name)
+        self._draining.add(name)
+
+    def drained(self, name: str) -> None:
+        """The unload of ``name`` is over (done, skipped, or the name was wanted again)."""
+        self._draining.discard(name)
+
     def clear(self) -> None:
         for name in list(self._entries):
             self.drop(name)
@@ -159,7 +176,9 @@ class Residency:
             elif root != entry.path:
                 entry.path, entry.verified = root, False
         for name, root in upstream.items():
-            if name in self._entries or self._changed.get(name, 0) > since:
+            if name in self._entries or name in self._draining:
+                continue
+            if self._changed.get(name, 0) > since:
                 continue
             if self.lock(name).locked():
                 continue

@@ -191,8 +191,11 @@ class VLLMEngine:
             if engine_name not in res:
                 continue
             async with res.lock(engine_name):
-                res.drop(engine_name)  # no new request is placed on it from here on
-            await self._unload_when_idle(replica, engine_name)
+                res.drain(engine_name)  # no new request is placed on it from here on
+            try:
+                await self._unload_when_idle(replica, engine_name)
+            finally:
+                res.drained(engine_name)
 
     async def _unload_when_idle(self, replica: Replica, engine_name: str) -> None:
         res = replica.residency
