@@ -60,7 +60,14 @@ TOKENS = Counter(
 RATE_LIMITED = Counter("flywheel_rate_limited", "Requests refused by rate limits.", ["tenant"])
 FEEDBACK = Counter("flywheel_feedback", "Feedback items by kind.", ["tenant", "kind"])
 PROMOTIONS = Counter("flywheel_promotions", "Route changes by action.", ["action"])
-REFUSED_LOADS = Counter("flywheel_refused_loads", "Adapter loads refused (unverified).")
+REFUSED_LOADS = Counter(
+    "flywheel_refused_loads",
+    "Adapter loads refused: reason=signature (the verifier) or engine (a vLLM replica refused "
+    "the adapter or could not find its files; DoRA on vLLM).",
+    ["reason"],
+)
+for _reason in ("signature", "engine"):
+    REFUSED_LOADS.labels(_reason)  # exported as 0 before the first refusal
 GATE_OUTCOMES = Counter("flywheel_gate_outcomes", "Gate verdicts.", ["outcome"])
 ROUND_SECONDS = Histogram(
     "flywheel_retrain_round_seconds", "Retrain round wall time.",

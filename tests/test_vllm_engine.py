@@ -344,6 +344,41 @@ async def test_rank_refusal(tmp_path: Path, status: int) -> None:
         await engine.stop()
 
 
+async def test_refused_loads_are_counted_and_say_why(tmp_path: Path) -> None:
+    """vLLM 0.32's own answers (seen against its CPU build): a rank above --max-lora-rank is a
+    500 wrapped in "Worker failed with error '...'", a missing path a 404; both are
+    adapter_load_refused with the reason alone, counted as refused by the engine."""
+    from prometheus_client import REGISTRY
+
+    def refused() -> float:
+        value = REGISTRY.get_sample_value("flywheel_refused_loads_total", {"reason": "engine"})
+        return value or 0.0
+
+    a = FakeVLLM("a", missing_paths={"/artifacts/a2"})
+    a.refuse["/artifacts/a1"] = (
+        500,
+        "Call to add_lora method failed: Worker failed with error 'LoRA rank 32 is greater "
+        "than max_lora_rank 16.', please check the stack trace above for the root cause",
+    )
+    engine, _ = await make_engine(tmp_path, a)
+    before = refused()
+    try:
+        with pytest.raises(AdapterLoadRefused) as big:
+            await collect(engine, chat(ref(1)))
+        assert big.value.message.endswith(
+            "refused adapter version av1: LoRA rank 32 is greater than max_lora_rank 16."
+        )
+        with pytest.raises(AdapterLoadRefused, match="found no adapter at /artifacts/a2"):
+            await collect(engine, chat(ref(2)))
+        with pytest.raises(AdapterLoadRefused, match="DoRA"):
+            await collect(engine, chat(ref(3, dora=True)))
+        assert refused() == before + 3
+        assert a.loaded == {} and engine.replicas[0].usable  # the replica stays in rotation
+        assert (await collect(engine, chat(ref(4))))[-1].finish_reason == "stop"
+    finally:
+        await engine.stop()
+
+
 async def test_bad_path_404(tmp_path: Path) -> None:
     a = FakeVLLM("a", missing_paths={"/artifacts/a1"})
     engine, _ = await make_engine(tmp_path, a)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -224,6 +225,7 @@ class VLLMEngine:
     async def _acquire(self, adapter: AdapterRef | None, exclude: set[str]) -> Replica:
         """A replica for the request, counted in flight, with ``adapter`` loaded there."""
         if adapter is not None and adapter.use_dora:
+            metrics.REFUSED_LOADS.labels("engine").inc()
             raise AdapterLoadRefused(
                 f"adapter version {adapter.version_id} uses DoRA, which vLLM cannot serve "
                 "('vLLM does not yet support DoRA'); retrain it with use_dora=False or serve it "
@@ -346,7 +348,10 @@ class VLLMEngine:
                 raise ReplicaDown(missing_routes_message(replica.url)) from exc
             if exc.status == 400 and (await replica.client.models()).adapters.get(name) == path:
                 return  # "has already been loaded": /v1/models confirms it is ours
-            raise self._load_error(replica, adapter, exc) from exc
+            error = self._load_error(replica, adapter, exc)
+            if isinstance(error, AdapterLoadRefused):
+                metrics.REFUSED_LOADS.labels("engine").inc()
+            raise error from exc
         replica.loads += 1
         metrics.ADAPTER_LOAD_SECONDS.labels(replica.url).observe(time.perf_counter() - started)
 
@@ -361,7 +366,8 @@ class VLLMEngine:
         if exc.status in (400, 422, 500):
             # 400 in most vLLM versions, 500 in the newest, for rank / module / DoRA refusals.
             return AdapterLoadRefused(
-                f"{where} refused adapter version {adapter.version_id}: {exc.message}"
+                f"{where} refused adapter version {adapter.version_id}: "
+                f"{worker_reason(exc.message)}"
             )
         if exc.status in (401, 403):
             return EngineError(f"{where} rejected the API key (FLYWHEEL_VLLM_API_KEY)")
@@ -440,6 +446,20 @@ async def unless_down(
             step.cancel()
             with contextlib.suppress(BaseException):
                 await step  # the upstream generator must be idle before it is closed
+
+
+def worker_reason(message: str) -> str:
+    """vLLM's reason without its wrapping for a failure inside its worker process.
+
+    vLLM 0.32 answers a refused load with HTTP 500 "Call to add_lora method failed: Worker
+    failed with error 'LoRA rank 32 is greater than max_lora_rank 16.', please check the stack
+    trace above for the root cause": the stack trace is in vLLM's log, not the client's.
+    """
+    found = _WORKER_ERROR.search(message)
+    return found.group(1) if found else message
+
+
+_WORKER_ERROR = re.compile(r"Worker failed with error '(.+)', please check the stack trace", re.S)
 
 
 def generation_error(replica: Replica, exc: UpstreamError) -> FlywheelError:

@@ -104,7 +104,7 @@ def refused_load_recorder(
 
     def on_refused(ref: AdapterRef, reason: str) -> None:
         log.warning("refused to load adapter %s: %s", ref.version_id, reason)
-        metrics.REFUSED_LOADS.inc()
+        metrics.REFUSED_LOADS.labels("signature").inc()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
