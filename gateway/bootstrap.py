@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -22,7 +23,8 @@ log = logging.getLogger("flywheel.bootstrap")
 DEFAULT_BASE = "smollm2-135m-instruct"  # the real default, from a registry package
 TINY_BASE = "tiny-random"  # random weights, seconds to build: for fast unit tests only
 DEMO_BASE_NAME = "flywheel-demo-base"
-DEMO_TENANTS = (("demo-acme", 1), ("demo-globex", 2))
+# (tenant, seed for a random adapter on the tiny base, house style trained on a real base)
+DEMO_TENANTS = (("demo-acme", 1, "terse"), ("demo-globex", 2, "globex"))
 DEMO_ADAPTER = "support"
 
 
@@ -141,22 +143,22 @@ async def demo_bootstrap(
 
     Returns (tenant, key) pairs; the keys are printed once by the caller and never stored.
     """
-    from adapters.demo import build_demo_adapter
     from adapters.registry import add_version
     from gateway.services.tenants import create_key, create_tenant
 
     async with db.session() as session:
         if await session.scalar(select(func.count()).select_from(Tenant)):
             return []
+    sources = [
+        await asyncio.to_thread(_demo_adapter, settings, base, seed, style)
+        for _, seed, style in DEMO_TENANTS
+    ]
     signer = adapter_signer(settings)
     created: list[tuple[str, str]] = []
     async with db.transaction() as session:
-        for name, seed in DEMO_TENANTS:
+        for (name, _, _), src in zip(DEMO_TENANTS, sources, strict=True):
             tenant = await create_tenant(session, name)
             _, secret = await create_key(session, tenant)
-            src = settings.data_dir / "models" / f"demo-adapter-{seed}"
-            if not (src / "adapter_config.json").exists():
-                build_demo_adapter(base.path, src, seed=seed)
             version = await add_version(
                 session,
                 tenant,
@@ -171,6 +173,26 @@ async def demo_bootstrap(
                 version.signature_path = str(signer(Path(version.path)))
             created.append((name, secret))
     return created
+
+
+def _demo_adapter(settings: Settings, base: BaseModel, seed: int, style: str) -> Path:
+    """A demo tenant's adapter: a random LoRA on the tiny base, a trained house style on a real
+    one (random weights would turn real text into garbage). Built once under data_dir."""
+    from adapters.demo import build_demo_adapter, is_demo_base
+
+    if is_demo_base(base.path):
+        src = settings.data_dir / "models" / f"demo-adapter-{seed}"
+        if not (src / "adapter_config.json").exists():
+            build_demo_adapter(base.path, src, seed=seed)
+        return src
+    from retrain.demo import train_style_adapter
+
+    src = settings.data_dir / "models" / f"demo-adapter-{style}"
+    if not (src / "adapter_config.json").exists():
+        log.info("training the demo %r house style on %s (first start only)", style, base.name)
+        result = train_style_adapter(base.path, src, style)  # type: ignore[arg-type]
+        log.info("demo %r adapter trained in %.0f s", style, sum(result.timings.values()))
+    return src
 
 
 def print_demo_keys(created: list[tuple[str, str]]) -> None:

@@ -137,6 +137,12 @@ class Scorer:
         scored = completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size)
         return [logp for logp, _ in scored]
 
+    def pair_margins(self, pairs: Sequence[DPORow]) -> list[float]:
+        """log p(chosen) - log p(rejected) for each pair."""
+        chosen = self.logprobs([(p.prompt, p.chosen) for p in pairs])
+        rejected = self.logprobs([(p.prompt, p.rejected) for p in pairs])
+        return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
     def preference_metrics(self, pairs: Sequence[DPORow]) -> dict[str, float]:
         """accuracy: share of pairs with logp(chosen) > logp(rejected); mean_margin: their mean gap."""
         if not pairs:

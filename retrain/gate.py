@@ -31,8 +31,16 @@ from gateway.ids import new_id
 from gateway.services import audit
 from gateway.services.tenants import get_tenant
 from retrain.checks import run_checks
-from retrain.gate_rules import SideMetrics, Verdict, decide, summary, thresholds_for
+from retrain.gate_rules import (
+    Improvement,
+    SideMetrics,
+    Verdict,
+    decide,
+    summary,
+    thresholds_for,
+)
 from retrain.plan import DPORow
+from retrain.stats import permutation_test, sign_test
 
 log = logging.getLogger("flywheel.gate")
 
@@ -116,35 +124,85 @@ def _golden_side(items: list[dict[str, Any]], answers: list[tuple[str, int]]) ->
 MAX_KTO_COMPARISONS = 2000
 
 
+@dataclass
+class Scored:
+    """One side's held-out scores: summary metrics plus the per-row numbers the tests pair."""
+
+    prefs: dict[str, float] | None
+    nll: float | None
+    margins: list[float]  # edit pairs: log p(edit) - log p(original), per held-out row
+    desirable: list[float]  # thumbs: log p of each held-out answer, by label
+    undesirable: list[float]
+
+
 def _score(
     base: BaseModel,
     settings: Settings,
     adapter_dir: Path | None,
     heldout: Heldout,
     references: list[tuple[Any, str]],
-) -> tuple[dict[str, float] | None, float | None]:
+) -> Scored:
     from retrain.evaluate import Scorer
 
     scorer = Scorer.load(base.path, adapter_dir, device=settings.device)
-    prefs = None
+    prefs, margins, good, bad = None, [], [], []
     if heldout.pairs:
-        prefs = scorer.preference_metrics(heldout.pairs)
+        margins = scorer.pair_margins(heldout.pairs)
+        prefs = {
+            "accuracy": sum(m > 0 for m in margins) / len(margins),
+            "mean_margin": sum(margins) / len(margins),
+        }
     elif heldout.desirable and heldout.undesirable:
-        prefs = _kto_preferences(scorer, heldout)
+        good = scorer.logprobs(heldout.desirable)
+        bad = scorer.logprobs(heldout.undesirable)
+        prefs = _kto_preferences(good, bad)
     nll = scorer.reference_nll(references) if references else None
-    return prefs, nll
+    return Scored(prefs, nll, margins, good, bad)
 
 
-def _kto_preferences(scorer: Any, heldout: Heldout) -> dict[str, float]:
+def _kto_preferences(good: list[float], bad: list[float]) -> dict[str, float]:
     """Unpaired rows: accuracy is the share of (desirable, undesirable) comparisons where the
     desirable answer is the more likely one; the margin is the gap of the two class means."""
-    good = scorer.logprobs(heldout.desirable)
-    bad = scorer.logprobs(heldout.undesirable)
     comparisons = [(g, b) for g in good for b in bad][:MAX_KTO_COMPARISONS]
     return {
         "accuracy": sum(g > b for g, b in comparisons) / len(comparisons),
         "mean_margin": sum(good) / len(good) - sum(bad) / len(bad),
     }
+
+
+def improvement(serving: Scored, candidate: Scored) -> Improvement:
+    """Is the candidate better than the serving version on held-out feedback, beyond noise?"""
+    if serving.margins:
+        diffs = [c - s for c, s in zip(candidate.margins, serving.margins, strict=True)]
+        wins, trials, p = sign_test(diffs)
+        return Improvement("sign", p, len(diffs), wins, trials)
+    if serving.desirable and serving.undesirable:
+        # How much each answer's log-probability moved from serving to candidate: thumbed-up
+        # answers should gain more than thumbed-down ones.
+        up = [c - s for c, s in zip(candidate.desirable, serving.desirable, strict=True)]
+        down = [c - s for c, s in zip(candidate.undesirable, serving.undesirable, strict=True)]
+        return Improvement("permutation", permutation_test(up, down), len(up) + len(down))
+    return Improvement("none", 1.0, 0)
+
+
+def _fluency(
+    base: BaseModel, settings: Settings, items: list[dict[str, Any]], sides: list[list[str]]
+) -> list[float | None]:
+    """Mean NLL per token of each side's golden answers under the bare base model."""
+    from retrain.evaluate import Scorer, completion_logprobs
+
+    scorer = Scorer.load(base.path, None, device=settings.device)
+    out: list[float | None] = []
+    for answers in sides:
+        pairs: list[tuple[Any, str]] = [
+            (_prompt_of(it)[0] or _prompt_of(it)[1], text)
+            for it, text in zip(items, answers, strict=True)
+            if text.strip()
+        ]
+        scored = completion_logprobs(scorer.model, scorer.tokenizer, pairs) if pairs else []
+        tokens = sum(n for _, n in scored)
+        out.append(-sum(lp for lp, _ in scored) / tokens if tokens else None)
+    return out
 
 
 @dataclass
@@ -187,19 +245,23 @@ async def evaluate(
         for it in items
         if "reference" in it
     ]
-    sides = []
+    sides, scores = [], []
     for version, side_answers in zip((serving, candidate), answers, strict=True):
         side = _golden_side(items, side_answers)
         adapter_dir = Path(version.path) if version else None
-        prefs, nll = await asyncio.to_thread(
-            _score, base, settings, adapter_dir, heldout, references
-        )
-        if prefs is not None:
-            side.preference_accuracy = prefs["accuracy"]
-            side.mean_margin = prefs["mean_margin"]
-        side.reference_nll = nll
+        scored = await asyncio.to_thread(_score, base, settings, adapter_dir, heldout, references)
+        if scored.prefs is not None:
+            side.preference_accuracy = scored.prefs["accuracy"]
+            side.mean_margin = scored.prefs["mean_margin"]
+        side.reference_nll = scored.nll
         sides.append(side)
-    return decide(sides[0], sides[1], thresholds)
+        scores.append(scored)
+    fluency = await asyncio.to_thread(
+        _fluency, base, settings, items, [[text for text, _ in side] for side in answers]
+    )
+    for side, value in zip(sides, fluency, strict=True):
+        side.fluency_nll = value
+    return decide(sides[0], sides[1], thresholds, improvement(scores[0], scores[1]))
 
 
 async def run_gate(
@@ -257,6 +319,7 @@ async def run_gate(
                 "golden_set_version": golden.version,
                 "golden_set_hash": golden.content_hash,
                 "heldout_rows": heldout.size,
+                "improvement": verdict.improvement,
                 "signed": signed,
             },
             summary=text,

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from adapters.golden import golden_for_gate
 from adapters.registry import add_version, get_adapter
 from feedback.export import FEEDBACK_COMPLETION, FeedbackRow, select_rows, to_dpo, to_kto
 from feedback.log import as_utc
@@ -30,7 +31,15 @@ from gateway.db.models import AdapterVersion, Completion, Feedback, Tenant, Trai
 from gateway.db.session import Database
 from gateway.ids import new_id
 from gateway.services.tenants import get_tenant
-from retrain.plan import DPORow, KTORow, Plan, make_plan, row_kind, split_heldout
+from retrain.plan import (
+    PAIR_METHODS,
+    DPORow,
+    KTORow,
+    Plan,
+    make_plan,
+    row_kind,
+    split_heldout,
+)
 from retrain.train import Progress, library_versions, train_round
 
 log = logging.getLogger("flywheel.retrain")
@@ -50,6 +59,7 @@ class Prepared:
     train: list[KTORow] | list[DPORow]
     heldout: list[KTORow] | list[DPORow]
     dataset_hash: str
+    golden_version: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -61,7 +71,8 @@ class Prepared:
             + ", ".join(f"{k} {v}" for k, v in self.counts.items()),
             self.plan.describe(),
             f"split: {len(self.train)} training rows, {len(self.heldout)} held out for the gate",
-            f"dataset sha256 {self.dataset_hash[:16]}",
+            f"dataset sha256 {self.dataset_hash[:16]}; golden set v{self.golden_version} "
+            "(frozen before the cut-off) gates the candidate",
         ]
         return "\n".join(lines)
 
@@ -135,6 +146,9 @@ async def prepare(
         )
         since = last.data_cutoff if last is not None else None
         cutoff = await _data_cutoff(session, settings, t.id, since)
+        # Refuse before any training: a round whose candidate could never be gated must not
+        # run, nor count its feedback as used (the next round takes it).
+        golden = await golden_for_gate(session, a.id, cutoff)
         selection = await select_rows(session, t.id, a.id, since=since, until=cutoff)
     rows = _majority_kind(list(selection))
     n_pairs = sum(1 for r in rows if r.edit is not None)
@@ -151,7 +165,7 @@ async def prepare(
         max_imbalance=settings.retrain_max_imbalance,
     )
     data: list[KTORow] | list[DPORow]
-    if plan.method == "dpo":
+    if plan.method in PAIR_METHODS:
         data = [DPORow(r["prompt"], r["chosen"], r["rejected"]) for r in to_dpo(rows)]
     else:
         data = [KTORow(r["prompt"], r["completion"], r["label"]) for r in to_kto(rows)]
@@ -167,6 +181,7 @@ async def prepare(
         train=train,  # type: ignore[arg-type]
         heldout=heldout,  # type: ignore[arg-type]
         dataset_hash=_dataset_hash(data),
+        golden_version=golden.version,
         counts={
             "edit pairs": n_pairs,
             "thumbs up": n_up,

@@ -1,4 +1,7 @@
-"""Train one round: a LoRA adapter from feedback rows, with TRL's DPO or KTO trainer.
+"""Train one round: a LoRA adapter from feedback rows, with one of TRL's trainers.
+
+Edit pairs train with DPO plus an SFT term by default (or SFT, ORPO, SimPO when asked); thumbs
+with KTO. ``retrain.plan`` chooses the method and says why.
 
 Continuing a parent: the parent is loaded trainable as PEFT's ``default`` adapter and handed to
 the trainer without a ``peft_config``; TRL then adds a frozen copy of it named ``ref`` and uses
@@ -37,10 +40,17 @@ from transformers import (
 )
 
 # trl's lazy __init__ hides its exports from mypy.
-from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # type: ignore[attr-defined]
+from trl import (  # type: ignore[attr-defined]
+    DPOConfig,
+    DPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    SFTConfig,
+    SFTTrainer,
+)
 
 from gateway.errors import InvalidRequest
-from retrain.plan import DPORow, Hyperparameters, KTORow, Method
+from retrain.plan import METHODS, DPORow, Hyperparameters, KTORow, Method
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -97,17 +107,43 @@ class ProgressCallback(TrainerCallback):
 def _check_rows(method: Method, rows: Sequence[KTORow | DPORow]) -> None:
     if not rows:
         raise InvalidRequest("no rows to train on")
-    expected = DPORow if method == "dpo" else KTORow
+    expected = KTORow if method == "kto" else DPORow
     if not all(isinstance(row, expected) for row in rows):
         raise InvalidRequest(f"{method.upper()} trains on {expected.__name__} rows only")
     if len({isinstance(row.prompt, list) for row in rows}) > 1:
         raise InvalidRequest("rows mix plain-text and chat prompts; a round needs one format")
 
 
-def _dpo_trainer(
+def _config_args(hp: Hyperparameters, scratch: str, seed: int, device: str) -> dict[str, Any]:
+    """The TrainingArguments every method shares (TRL's configs all extend them)."""
+    return {
+        "output_dir": scratch,
+        "learning_rate": hp.learning_rate,
+        "lr_scheduler_type": hp.lr_scheduler_type,
+        "num_train_epochs": hp.num_epochs,
+        "per_device_train_batch_size": hp.batch_size,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "warmup_steps": hp.warmup_ratio,  # a float below 1 is a fraction of the steps
+        "max_length": hp.max_length,
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": device == "cpu",
+        "bf16": device.startswith("cuda"),
+        # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
+        # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
+        "activation_checkpointing": device.startswith("cuda"),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+    }
+
+
+def _trainer(
+    method: Method,
     model: Any,
     tokenizer: Any,
-    rows: Sequence[DPORow],
+    rows: Sequence[KTORow] | Sequence[DPORow],
     hp: Hyperparameters,
     peft_config: LoraConfig | None,
     scratch: str,
@@ -115,85 +151,63 @@ def _dpo_trainer(
     device: str,
     callbacks: list[TrainerCallback],
 ) -> Any:
-    config = DPOConfig(
-        output_dir=scratch,
-        learning_rate=hp.learning_rate,
-        num_train_epochs=hp.num_epochs,
-        per_device_train_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
-        max_length=hp.max_length,
-        beta=hp.beta,
-        seed=seed,
-        data_seed=seed,
-        use_cpu=device == "cpu",
-        bf16=device.startswith("cuda"),
-        # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
-        # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
-        activation_checkpointing=device.startswith("cuda"),
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-    )
-    dataset = Dataset.from_list([row.to_trl() for row in rows])
-    return DPOTrainer(
-        model=model,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    """The TRL trainer for ``method``; one config + trainer pair per method, as TRL keeps them."""
+    args = _config_args(hp, scratch, seed, device)
+    common = {
+        "model": model,
+        "processing_class": tokenizer,
+        "peft_config": peft_config,
+        "callbacks": callbacks,
+    }
+    if method == "kto":
+        # KTO reads its data in order (its KL term pairs each row with a batch neighbour's
+        # completion), so shuffle here, seeded, or feedback stored by label makes one-class
+        # batches.
+        shuffled = [row for row in rows if isinstance(row, KTORow)]
+        random.Random(seed).shuffle(shuffled)
+        config = KTOConfig(
+            **args,
+            beta=hp.beta,
+            desirable_weight=hp.desirable_weight,
+            undesirable_weight=hp.undesirable_weight,
+        )
+        dataset = Dataset.from_list([row.to_trl() for row in shuffled])
+        return KTOTrainer(args=config, train_dataset=dataset, **common)
+    pairs = [row for row in rows if isinstance(row, DPORow)]
+    if method == "sft":
+        # Supervised on the preferred answers only, loss on the completion tokens.
+        sft = SFTConfig(**args, completion_only_loss=True)
+        data = [{"prompt": row.prompt, "completion": row.chosen} for row in pairs]
+        return SFTTrainer(args=sft, train_dataset=Dataset.from_list(data), **common)
+    dataset = Dataset.from_list([row.to_trl() for row in pairs])
+    if method == "dpo":
+        # The preference loss plus an SFT (NLL) term on the chosen answer: an edit is a
+        # demonstration as well as a preference, and DPO alone lowers the likelihood of both
+        # answers (docs/retrain.md, "Why DPO alone collapses").
+        losses, weights = ["sigmoid"], [1.0]
+        if hp.sft_weight > 0:
+            losses, weights = ["sigmoid", "sft"], [1.0, hp.sft_weight]
+        dpo = DPOConfig(
+            **args,
+            beta=hp.beta,
+            loss_type=losses,
+            loss_weights=weights,
+            # The reference never changes during a round: score it once, not once per epoch.
+            precompute_ref_log_probs=True,
+        )
+        return DPOTrainer(args=dpo, train_dataset=dataset, **common)
+    # Reference-free pair methods from TRL's experimental package.
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-
-def _kto_trainer(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[KTORow],
-    hp: Hyperparameters,
-    peft_config: LoraConfig | None,
-    scratch: str,
-    seed: int,
-    device: str,
-    callbacks: list[TrainerCallback],
-) -> Any:
-    config = KTOConfig(
-        output_dir=scratch,
-        learning_rate=hp.learning_rate,
-        num_train_epochs=hp.num_epochs,
-        per_device_train_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        warmup_steps=hp.warmup_ratio,  # a float below 1 is a fraction of the steps
-        max_length=hp.max_length,
-        beta=hp.beta,
-        desirable_weight=hp.desirable_weight,
-        undesirable_weight=hp.undesirable_weight,
-        seed=seed,
-        data_seed=seed,
-        use_cpu=device == "cpu",
-        bf16=device.startswith("cuda"),
-        # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
-        # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
-        activation_checkpointing=device.startswith("cuda"),
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-    )
-    # KTO reads its data in order (its KL term pairs each row with a batch neighbour's
-    # completion), so shuffle here, seeded, or feedback stored by label makes one-class batches.
-    shuffled = list(rows)
-    random.Random(seed).shuffle(shuffled)
-    dataset = Dataset.from_list([row.to_trl() for row in shuffled])
-    return KTOTrainer(
-        model=model,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    if method == "orpo":
+        # ORPO's one-stage loss: NLL on chosen plus a log-odds-ratio penalty (beta = lambda).
+        orpo = ORPOConfig(**args, beta=hp.beta)
+        return ORPOTrainer(args=orpo, train_dataset=dataset, **common)
+    # SimPO: length-normalised, reference-free margin loss (CPO with loss_type="simpo"); the
+    # SFT term's weight is CPO's alpha.
+    simpo = CPOConfig(**args, beta=hp.beta, loss_type="simpo", cpo_alpha=hp.sft_weight)
+    return CPOTrainer(args=simpo, train_dataset=dataset, **common)
 
 
 def train_round(
@@ -212,8 +226,10 @@ def train_round(
     ``output_dir`` must not exist, or be empty; the adapter is written to a sibling temporary
     directory and renamed into place, so a failed round never leaves half an adapter behind.
     """
-    if method not in ("dpo", "kto"):
-        raise InvalidRequest(f"unknown method {method!r}: expected kto or dpo", param="method")
+    if method not in METHODS:
+        raise InvalidRequest(
+            f"unknown method {method!r}: expected one of {', '.join(METHODS)}", param="method"
+        )
     _check_rows(method, rows)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"{output_dir} already exists and is not empty")
@@ -241,32 +257,18 @@ def train_round(
     callbacks: list[TrainerCallback] = [ProgressCallback(progress)] if progress else []
     with tempfile.TemporaryDirectory(prefix="flywheel-trl-") as scratch:
         started = time.perf_counter()
-        if method == "dpo":
-            dpo_rows = [row for row in rows if isinstance(row, DPORow)]
-            trainer = _dpo_trainer(
-                model,
-                tokenizer,
-                dpo_rows,
-                hyperparams,
-                peft_config,
-                scratch,
-                seed,
-                device,
-                callbacks,
-            )
-        else:
-            kto_rows = [row for row in rows if isinstance(row, KTORow)]
-            trainer = _kto_trainer(
-                model,
-                tokenizer,
-                kto_rows,
-                hyperparams,
-                peft_config,
-                scratch,
-                seed,
-                device,
-                callbacks,
-            )
+        trainer = _trainer(
+            method,
+            model,
+            tokenizer,
+            rows,
+            hyperparams,
+            peft_config,
+            scratch,
+            seed,
+            device,
+            callbacks,
+        )
         # disable_tqdm makes Trainer print every log dict to stdout; progress reports them.
         trainer.remove_callback(PrinterCallback)
         timings["dataset"] = time.perf_counter() - started

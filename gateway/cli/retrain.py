@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -32,20 +33,49 @@ def _progress(event: dict[str, Any]) -> None:
 def run(
     tenant: str = typer.Option(...),
     adapter: str = typer.Option(...),
-    method: str = typer.Option("auto", help="auto, kto or dpo."),
+    method: str = typer.Option(
+        "auto", help="auto, dpo (with an SFT term), kto, sft, orpo or simpo."
+    ),
     seed: int = typer.Option(0, help="Makes the split and the training reproducible."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A recipe file (JSON or TOML) of hyperparameter overrides, by field name "
+        "(docs/retrain.md); flags below win over it.",
+    ),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak learning rate."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Passes over the training rows."),
+    beta: float | None = typer.Option(None, "--beta", help="DPO/KTO beta (ORPO lambda)."),
+    rank: int | None = typer.Option(None, "--rank", help="LoRA rank of a new adapter."),
+    sft_weight: float | None = typer.Option(
+        None, "--sft-weight", help="Weight of DPO's SFT term (0: DPO alone)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the data summary and plan only."),
     gate: bool = typer.Option(True, help="Run the eval gate on the candidate."),
 ) -> None:
     """Train one round on the feedback since the last round; the result is a candidate."""
+    from retrain.plan import METHODS, load_recipe
     from retrain.rounds import prepare, run_round
     from retrain.worker import heartbeating, start_round, worker_name
 
-    if method not in ("auto", "kto", "dpo"):
-        raise typer.BadParameter("--method must be auto, kto or dpo")
+    if method != "auto" and method not in METHODS:
+        raise typer.BadParameter(f"--method must be auto or one of {', '.join(METHODS)}")
+    overrides = load_recipe(config) if config is not None else {}
+    flags = {
+        "learning_rate": learning_rate,
+        "num_epochs": epochs,
+        "beta": beta,
+        "lora_r": rank,
+        "sft_weight": sft_weight,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if rank is not None and "lora_alpha" not in overrides:
+        overrides["lora_alpha"] = 2 * rank  # keep the recipe's alpha = 2r scale
 
     async def go(db: Database, s: Settings) -> None:
-        prepared = await prepare(db, s, tenant=tenant, adapter=adapter, method=method, seed=seed)
+        prepared = await prepare(
+            db, s, tenant=tenant, adapter=adapter, method=method, seed=seed, overrides=overrides
+        )
         out(prepared.describe())
         if dry_run:
             return
