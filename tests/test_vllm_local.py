@@ -2,7 +2,7 @@
 
 Each replica is a separate process serving the embedded engine with vLLM's API, so this runs
 the multi-replica topology for real (sockets, SSE, processes killed and frozen), only without
-a GPU.  The same behaviour against a real ``vllm serve`` is test_vllm_gpu.py.
+a GPU.  The same against real vLLM: test_vllm_cpu.py (its CPU build), test_vllm_gpu.py.
 """
 
 from __future__ import annotations
