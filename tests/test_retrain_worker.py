@@ -56,6 +56,7 @@ async def seed_feedback(db: Database, tenant_id: str, adapter_id: str, n: int) -
 async def opted_in_tenant(
     db: Database, tmp: Path, url: str, base: Path, adapter: Path, **tenant: object
 ) -> tuple[str, str]:
+    from adapters.golden import add_golden_set
     from adapters.registry import get_adapter
     from gateway.services.tenants import update_tenant
 
@@ -64,6 +65,8 @@ async def opted_in_tenant(
     async with db.transaction() as session:
         await update_tenant(session, t.name, retrain_enabled=True, **tenant)
         a = await get_adapter(session, t.id, "bot")
+        # Frozen before any feedback: a round without one is refused before training.
+        await add_golden_set(session, a, [{"prompt": "Hello", "reference": "Hi there."}])
     return t.name, a.id
 
 
