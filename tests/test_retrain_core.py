@@ -504,3 +504,77 @@ def test_evaluation_measures_what_trl_trains(
         )
     assert events[0]["logps/chosen"] == pytest.approx(sum(chosen) / len(chosen), abs=1e-3)
     assert events[0]["logps/rejected"] == pytest.approx(sum(rejected) / len(rejected), abs=1e-3)
+
+
+# --- methods and recipes ----------------------------------------------------------------------
+
+
+def test_explicit_pair_methods_and_their_defaults() -> None:
+    for method in ("sft", "orpo", "simpo"):
+        plan = make_plan(20, 5, 5, method)
+        assert plan.method == method and method.upper() in plan.reason
+        assert "5 up" not in plan.reason and "10 thumbs are not used" in plan.reason
+    assert default_hyperparameters("dpo").sft_weight == 1.0
+    assert default_hyperparameters("simpo").beta == 2.0
+    hp = default_hyperparameters("dpo")
+    assert (hp.learning_rate, hp.lr_scheduler_type, hp.warmup_ratio) == (2e-4, "cosine", 0.03)
+    with pytest.raises(InvalidRequest, match="ORPO needs edit pairs"):
+        make_plan(0, 20, 20, "orpo")
+    with pytest.raises(InvalidRequest, match="unknown method 'rlhf'") as err:
+        make_plan(20, 0, 0, "rlhf")
+    assert err.value.param == "method"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("learning_rate", 0.0),
+        ("learning_rate", 0.5),
+        ("num_epochs", 0),
+        ("beta", -1.0),
+        ("warmup_ratio", 1.0),
+        ("lr_scheduler_type", "exotic"),
+        ("sft_weight", -0.1),
+        ("lora_r", 0),
+        ("max_length", 4),
+    ],
+)
+def test_bad_hyperparameters_are_refused_by_name(field: str, value: object) -> None:
+    with pytest.raises(InvalidRequest, match=field) as err:
+        make_plan(20, 0, 0, overrides={field: value})
+    assert err.value.param == field
+
+
+def test_recipe_files(tmp_path: Path) -> None:
+    from retrain.plan import load_recipe
+
+    (tmp_path / "r.json").write_text('{"learning_rate": 1e-4, "num_epochs": 2}')
+    (tmp_path / "r.toml").write_text("learning_rate = 5e-5\nsft_weight = 0.5\n")
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "list.json").write_text("[1]")
+    assert load_recipe(tmp_path / "r.json") == {"learning_rate": 1e-4, "num_epochs": 2}
+    plan = make_plan(20, 0, 0, overrides=load_recipe(tmp_path / "r.toml"))
+    assert (plan.hyperparameters.learning_rate, plan.hyperparameters.sft_weight) == (5e-5, 0.5)
+    assert "SFT term weight 0.5" in plan.describe()
+    with pytest.raises(InvalidRequest, match="not valid"):
+        load_recipe(tmp_path / "bad.json")
+    with pytest.raises(InvalidRequest, match="expected an object"):
+        load_recipe(tmp_path / "list.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft", "orpo", "simpo"])
+def test_other_pair_methods_train_and_move_the_margin(
+    demo_base: Path, tmp_path: Path, method: Method
+) -> None:
+    """Each selectable method trains through TRL and raises the chosen answers' margin."""
+    from retrain.evaluate import Scorer
+    from retrain.train import train_round
+
+    rows = _pairs(24, seed=9, chat=True)
+    hp = dataclasses.replace(default_hyperparameters(method), **TINY_BASE)
+    result = train_round(demo_base, None, method, rows, tmp_path / method, hp, seed=0)
+    assert result.method == method and result.steps > 0
+    before = Scorer.load(demo_base).pair_margins(rows)
+    after = Scorer.load(demo_base, result.adapter_dir).pair_margins(rows)
+    assert sum(after) / len(after) > sum(before) / len(before) + 1.0

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from feedback.log import as_utc
 from gateway.db.models import Completion, Feedback, TrainingRound
@@ -306,3 +306,34 @@ async def test_feedback_whose_completion_lands_late_joins_a_later_round(
     assert second.counts["edit pairs"] == 12  # the late one and the 11 after it
     async with db.transaction() as s:
         await s.execute(delete(TrainingRound).where(TrainingRound.adapter_id == adapter_id))
+
+
+async def test_round_without_golden_set_is_refused_before_training(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    """No golden set frozen before the cut-off: refused at once, the feedback left for later."""
+    from adapters.golden import add_golden_set
+    from adapters.registry import get_adapter
+    from gateway.errors import NotFound
+    from retrain.rounds import prepare
+
+    settings = make_settings(tmp_path, database_url, demo_base, retrain_min_pairs=4)
+    t = await seed_tenant(db, settings, f"ng-{uuid.uuid4().hex[:8]}", {"bot": demo_adapters[2]})
+    async with db.session() as s:
+        adapter_id = (await get_adapter(s, t.id, "bot")).id
+    await seed_feedback(db, t.id, adapter_id, 12)
+    with pytest.raises(NotFound, match="no golden set before the round's data cut-off") as err:
+        await prepare(db, settings, tenant=t.name, adapter="bot")
+    assert err.value.param == "golden_set"
+    async with db.session() as s:
+        rounds = await s.scalar(
+            select(func.count()).select_from(TrainingRound).where(
+                TrainingRound.adapter_id == adapter_id
+            )
+        )
+    assert rounds == 0  # nothing ran and nothing counts the feedback as used
+    async with db.transaction() as s:
+        await add_golden_set(s, await get_adapter(s, t.id, "bot"), [{"prompt": "Hi"}])
+    prepared = await prepare(db, settings, tenant=t.name, adapter="bot")
+    assert prepared.counts["edit pairs"] == 12  # the same feedback, all still there
+    assert "golden set v1" in prepared.describe()
