@@ -91,3 +91,49 @@ def demo_rows(style: Style) -> list[DPORow]:
 def train_style_adapter(base: Path, dest: Path, style: Style, *, seed: int = 0) -> TrainResult:
     """Train the demo adapter for ``style`` on ``base`` into ``dest`` (SFT, seeded)."""
     return train_round(base, None, "sft", demo_rows(style), dest, DEMO_HYPERPARAMETERS, seed)
+
+
+# --- the loop demo: one house rule that end users apply by editing answers --------------------
+
+LOOP_OPENING = "Thanks for reaching out!"
+
+_LOOP_TRAIN_TOPICS = (
+    "reset my password", "change my email address", "invite a teammate", "export my data",
+    "cancel my subscription", "update my billing address", "download an invoice",
+    "turn on two-factor login", "rename my workspace", "change the language",
+    "add a payment card", "remove a teammate", "change my username", "upgrade my plan",
+    "set up notifications", "connect my calendar", "restore a deleted file", "share a folder",
+    "change my time zone", "merge two accounts", "set a profile photo", "pause my plan",
+    "change the owner of a workspace", "create an API key", "import contacts from a CSV file",
+    "turn off email alerts", "recover a locked account", "print a receipt", "close my account",
+    "apply a coupon code", "change my phone number", "move files between folders",
+)  # fmt: skip
+_LOOP_TRAIN_TEMPLATES = ("How do I {}?", "Can you tell me how to {}?")
+# Held-out prompts share no topic and no wording with the training prompts.
+LOOP_HELDOUT_PROMPTS = (
+    "What should I do if the app keeps logging me out?",
+    "Is there a way to see who edited a document?",
+    "Why is my upload stuck at 99 percent?",
+    "What is the difference between the Basic and Pro plans?",
+    "Where do I find my order history?",
+    "My payment failed. What now?",
+    "Explain what a workspace is.",
+    "Which browsers do you support?",
+)
+
+
+def loop_train_prompts(n: int) -> list[str]:
+    """``n`` distinct training prompts (topics x templates, in a fixed order)."""
+    prompts = [t.format(topic) for t in _LOOP_TRAIN_TEMPLATES for topic in _LOOP_TRAIN_TOPICS]
+    if n > len(prompts):
+        raise ValueError(f"at most {len(prompts)} loop training prompts")
+    return prompts[:n]
+
+
+def loop_edit(answer: str) -> str:
+    """What the demo's end users do to every answer: open it with the house greeting."""
+    return f"{LOOP_OPENING} {answer.strip()}"
+
+
+def follows_loop_rule(answer: str) -> bool:
+    return answer.strip().startswith(LOOP_OPENING)

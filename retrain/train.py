@@ -85,22 +85,31 @@ def library_versions() -> dict[str, str]:
 
 
 class ProgressCallback(TrainerCallback):
-    """Hands every training log (loss, rewards/margins, ...) to ``progress``, plus a ``line``."""
+    """Hands every training log (loss, rewards/margins, ...) to ``progress``, plus a ``line``
+    with the step, the loss and an ETA from the mean step time so far."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         logs = dict(logs or {})
-        event = {"step": state.global_step, "max_steps": state.max_steps, **logs}
+        step, total = state.global_step, state.max_steps
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / step * (total - step) if step else None
+        event = {"step": step, "max_steps": total, "elapsed_s": elapsed, "eta_s": eta, **logs}
         if "train_runtime" in logs:  # the end-of-training summary
             event["line"] = (
-                f"done: {state.global_step} steps in {logs['train_runtime']:.1f}s, "
+                f"done: {step} steps in {logs['train_runtime']:.1f}s, "
                 f"mean loss {logs['train_loss']:.4f}"
             )
         else:
             shown = [f"{k}={logs[k]:.4f}" for k in ("loss", "rewards/margins") if k in logs]
-            event["line"] = f"step {state.global_step}/{state.max_steps} " + " ".join(shown)
+            left = f" eta {eta:.0f}s" if eta is not None else ""
+            event["line"] = f"step {step}/{total} " + " ".join(shown) + left
         self.progress(event)
 
 

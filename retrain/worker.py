@@ -265,10 +265,10 @@ async def process(db: Database, settings: Settings, row: TrainingRound, worker: 
 
 def _log_progress(round_id: str) -> Any:
     """TRL's per-step metrics as log lines (the CLI prints the same to stderr)."""
-    keys = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies")
+    keys = ("step", "max_steps", "epoch", "loss", "rewards/margins", "rewards/accuracies", "eta_s")
 
     def progress(event: dict[str, Any]) -> None:
-        fields = {k.replace("/", "_"): event[k] for k in keys if k in event}
+        fields = {k.replace("/", "_"): event[k] for k in keys if event.get(k) is not None}
         if fields:
             log.info(
                 "round %s: %s",

@@ -327,9 +327,9 @@ async def test_round_without_golden_set_is_refused_before_training(
     assert err.value.param == "golden_set"
     async with db.session() as s:
         rounds = await s.scalar(
-            select(func.count()).select_from(TrainingRound).where(
-                TrainingRound.adapter_id == adapter_id
-            )
+            select(func.count())
+            .select_from(TrainingRound)
+            .where(TrainingRound.adapter_id == adapter_id)
         )
     assert rounds == 0  # nothing ran and nothing counts the feedback as used
     async with db.transaction() as s:

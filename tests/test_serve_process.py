@@ -171,8 +171,9 @@ def test_demo_loop_against_a_running_gateway(demo_base: Path, tmp_path: Path) ->
             timeout=600,
         )
         assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-3000:]
-        assert "[9] promoted v1 -> v2" in loop.stdout, loop.stdout[-3000:]
-        assert "[10] next completion served by support@2" in loop.stdout
+        assert "promoted v1 -> v2" in loop.stdout, loop.stdout[-3000:]
+        assert "[10] held-out prompts following the rule" in loop.stdout
+        assert "served by support@2: the loop is closed" in loop.stdout
     finally:
         _stop(proc)
 

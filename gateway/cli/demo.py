@@ -1,10 +1,12 @@
 """``flywheel demo loop``: the whole feedback loop against a running gateway, step by step.
 
-It creates its own tenant through the admin API, registers a signed demo adapter and a golden
-set, sends completions with the `openai`-compatible API, posts synthetic edits through the
-public feedback API, runs a retrain round here (same database and artifact store as the
-gateway), gates and signs the candidate, promotes it through the admin API, and checks that the
-next completion is served by the new version.  Any failed step exits non-zero.
+It creates its own tenant through the admin API, registers a fresh signed adapter and a golden
+set, asks held-out questions, sends completions through the OpenAI-compatible API, and posts
+edits that apply one house rule (open with a greeting) through the public feedback API. It then
+runs a retraining round here (same database and artifact store as the gateway), gates and signs
+the candidate, promotes it through the admin API, and asks the held-out questions again: the
+rule-follow rate before and after, with a few answers, is the point. Any failed step exits
+non-zero.
 """
 
 from __future__ import annotations
@@ -24,10 +26,6 @@ from gateway.errors import FlywheelError
 
 app = typer.Typer(no_args_is_help=True, help="Demonstrations.")
 
-TOPICS = ["billing", "refunds", "shipping", "passwords", "invoices", "plans", "orders", "returns",
-          "accounts", "settings", "upgrades", "coupons", "delivery", "payments", "taxes", "support"]  # fmt: skip
-GOOD = "Thank you for asking about {topic}. We are happy to help."
-
 
 class StepFailed(FlywheelError):
     pass
@@ -40,17 +38,61 @@ def _check(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) -> None:
-    from adapters.demo import build_demo_adapter
+async def _ask(
+    http: httpx.AsyncClient, key: dict[str, str], prompts: list[str], max_tokens: int
+) -> list[tuple[str, str, str]]:
+    """(completion id, answer, serving version) for each prompt, sent concurrently so the
+    engine batches them."""
+
+    async def one(prompt: str) -> tuple[str, str, str]:
+        body = {"model": "support", "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        r = await http.post("/v1/chat/completions", json=body, headers=key)
+        completion = _check(r, "completion")
+        text = completion["choices"][0]["message"]["content"] or ""
+        return completion["id"], text, r.headers.get("x-flywheel-adapter-version", "")
+
+    results: list[tuple[str, str, str]] = []
+    for start in range(0, len(prompts), 16):
+        results += await asyncio.gather(*(one(p) for p in prompts[start : start + 16]))
+    return results
+
+
+def _show(prompts: list[str], answers: list[str], shown: int = 3) -> None:
+    for prompt, answer in list(zip(prompts, answers, strict=True))[:shown]:
+        out(f"      Q: {prompt}")
+        out(f"      A: {' '.join(answer.split())[:160]}")
+
+
+def _rate(answers: list[str]) -> str:
+    from retrain.demo import follows_loop_rule
+
+    hits = sum(follows_loop_rule(a) for a in answers)
+    return f"{hits}/{len(answers)} ({hits / len(answers):.0%})"
+
+
+async def _loop(db: Database, s: Settings, url: str, n_edits: int) -> None:
+    from adapters.demo import build_demo_adapter, is_demo_base
     from gateway.bootstrap import resolve_base
     from gateway.services.admin_tokens import local_admin_token
+    from retrain.demo import LOOP_HELDOUT_PROMPTS, LOOP_OPENING, loop_edit, loop_train_prompts
     from retrain.rounds import prepare, run_round
 
     token = local_admin_token(s)
     if token is None:
-        raise StepFailed("no admin token (FLYWHEEL_ADMIN_TOKEN or <data_dir>/admin-token)")
+        raise StepFailed(
+            "no admin token: set FLYWHEEL_ADMIN_TOKEN, or run where <data_dir>/admin-token is "
+            "(development), or create one with `flywheel admin token-create`"
+        )
     admin = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+    base = await asyncio.to_thread(resolve_base, s)
+    tiny = is_demo_base(base.path)
+    # The tiny random base only shows mechanics: its text is noise, and a LoRA moves it only at
+    # a much larger learning rate (tests/test_retrain_core.py measures why).
+    overrides: dict[str, Any] = {"learning_rate": 3e-3, "num_epochs": 5} if tiny else {}
+    max_tokens = 12 if tiny else 48
+    heldout = list(LOOP_HELDOUT_PROMPTS)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         name = f"loop-{uuid.uuid4().hex[:6]}"
         tenant = _check(
             await http.post("/admin/tenants", json={"name": name}, headers=admin), "create tenant"
@@ -58,10 +100,12 @@ async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) ->
         key = {"Authorization": f"Bearer {tenant['api_key']}"}
         out(f"[1] tenant {name} created through the admin API")
 
-        base = await asyncio.to_thread(resolve_base, s)
-        src = s.data_dir / "models" / "demo-loop-adapter"
+        # A fresh adapter: on a real base LoRA starts as a no-op (B = 0), so v1 answers exactly
+        # like the base; on the tiny base a random one, as the mechanics demo always did.
+        src = s.data_dir / "models" / ("demo-loop-adapter" + ("" if tiny else "-fresh"))
         if not (src / "adapter_config.json").exists():
-            await asyncio.to_thread(build_demo_adapter, base.path, src, seed=7)
+            scale = 0.5 if tiny else 0.0
+            await asyncio.to_thread(build_demo_adapter, base.path, src, seed=7, scale=scale)
         added = _check(
             await http.post(
                 "/admin/adapters",
@@ -73,9 +117,10 @@ async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) ->
         out(f"[2] adapter support@{added['version']} registered, signed={added['signed']}")
 
         golden = [
-            {"messages": [{"role": "user", "content": f"Tell me about {t}"}], "reference": GOOD.format(topic=t),
+            {"messages": [{"role": "user", "content": q}],
+             "reference": loop_edit("I can help with that. Here is what to do."),
              "checks": [{"type": "max_length", "value": 5000, "hard": True}]}
-            for t in ("prices", "hours", "stock")
+            for q in ("What are your opening hours?", "How do I reach a human?", "Is my data safe?")
         ]  # fmt: skip
         g = _check(
             await http.post(
@@ -86,27 +131,29 @@ async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) ->
             "golden set",
         )
         out(
-            f"[3] golden set v{g['version']} frozen ({g['items']} items, sha256 {g['content_hash'][:12]})"
+            f"[3] golden set v{g['version']} frozen before any feedback ({g['items']} items, "
+            f"sha256 {g['content_hash'][:12]})"
         )
 
-        served_before = ""
-        count = 0
-        for i in range(rounds_of_feedback):
-            for topic in TOPICS:
-                body = {"model": "support", "max_tokens": 12, "temperature": 0,
-                        "messages": [{"role": "user", "content": f"Tell me about {topic} #{i}"}]}  # fmt: skip
-                r = await http.post("/v1/chat/completions", json=body, headers=key)
-                completion = _check(r, "completion")
-                served_before = r.headers.get("x-flywheel-adapter-version", "")
-                fb = {
-                    "completion_id": completion["id"],
-                    "edited_output": GOOD.format(topic=topic),
-                    "id": f"demo-{completion['id']}",
-                }
-                _check(await http.post("/v1/feedback", json=fb, headers=key), "feedback")
-                count += 1
+        before = [a for _, a, _ in await _ask(http, key, heldout, max_tokens)]
         out(
-            f"[4] {count} completions served by {served_before}, {count} edits posted via /v1/feedback"
+            f"[4] the house rule end users will apply: open every answer with {LOOP_OPENING!r}."
+            f" Held-out prompts following it now: {_rate(before)}"
+        )
+        _show(heldout, before)
+
+        prompts = loop_train_prompts(n_edits)
+        served = await _ask(http, key, prompts, max_tokens)
+        for completion_id, answer, _ in served:
+            fb = {
+                "completion_id": completion_id,
+                "edited_output": loop_edit(answer),
+                "id": f"demo-{completion_id}",
+            }
+            _check(await http.post("/v1/feedback", json=fb, headers=key), "feedback")
+        out(
+            f"[5] {len(served)} completions served by {served[-1][2]}, each edited by its end "
+            "user through /v1/feedback"
         )
 
         # The gateway writes completion rows in batches; wait until they are all in the database.
@@ -114,38 +161,33 @@ async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) ->
         while True:
             prepared = None
             try:
-                prepared = await prepare(db, s, tenant=name, adapter="support", seed=1)
+                prepared = await prepare(
+                    db, s, tenant=name, adapter="support", seed=1, overrides=overrides
+                )
             except FlywheelError:
                 if time.monotonic() > deadline:
                     raise
-            if prepared is not None and prepared.counts["edit pairs"] >= count:
+            if prepared is not None and prepared.counts["edit pairs"] >= len(served):
                 break
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)  # polling the database for the batched writes to land
         assert prepared is not None
-        out("[5] round plan:\n    " + prepared.describe().replace("\n", "\n    "))
-        outcome = await run_round(db, s, prepared, seed=1)
-        metrics = {
-            k: round(v, 4)
-            for k, v in outcome.metrics.items()
-            if k in ("train_loss", "rewards/margins", "rewards/accuracies")
-        }
+        out("[6] round plan:\n    " + prepared.describe().replace("\n", "\n    "))
+        outcome = await run_round(db, s, prepared, seed=1, progress=_progress)
         out(
-            f"[6] round {outcome.round_id}: candidate support@{outcome.candidate_version}, metrics {metrics}"
+            f"[7] round {outcome.round_id}: candidate support@{outcome.candidate_version} in "
+            f"{sum(outcome.timings.values()):.0f}s"
         )
-        out("[7] " + outcome.gate_summary.replace("\n", "\n    "))
+        out("[8] " + outcome.gate_summary.replace("\n", "\n    "))
         if not outcome.gate_passed:
-            raise StepFailed("the gate rejected the candidate")
+            raise StepFailed("the gate rejected the candidate; the serving version is unchanged")
         verified = _check(
             await http.post(
                 f"/admin/adapters/{name}/support/versions/{outcome.candidate_version}/verify",
                 headers=admin,
             ),
             "verify signature",
-        )
-        out(
-            f"[8] signature of support@{verified['version']} verifies against the trusted public key"
         )
         swap = _check(
             await http.post(
@@ -156,33 +198,37 @@ async def _loop(db: Database, s: Settings, url: str, rounds_of_feedback: int) ->
             "promote",
         )
         out(
-            f"[9] promoted v{swap['from_version']} -> v{swap['to_version']} in {swap['seconds']:.3f}s"
+            f"[9] signature of support@{verified['version']} verified; promoted "
+            f"v{swap['from_version']} -> v{swap['to_version']} in {swap['seconds']:.3f}s"
         )
-        r = await http.post(
-            "/v1/chat/completions",
-            json={
-                "model": "support",
-                "max_tokens": 8,
-                "messages": [{"role": "user", "content": "Tell me about refunds"}],
-            },
-            headers=key,
+        after = await _ask(http, key, heldout, max_tokens)
+        versions = {v for _, _, v in after}
+        if versions != {f"support@{outcome.candidate_version}"}:
+            raise StepFailed(
+                f"expected support@{outcome.candidate_version} to serve, got {versions}"
+            )
+        answers = [a for _, a, _ in after]
+        out(
+            f"[10] held-out prompts following the rule: {_rate(before)} before, "
+            f"{_rate(answers)} after, served by {versions.pop()}: the loop is closed"
         )
-        _check(r, "completion after promotion")
-        served = r.headers.get("x-flywheel-adapter-version")
-        if served != f"support@{outcome.candidate_version}":
-            raise StepFailed(f"expected support@{outcome.candidate_version} to serve, got {served}")
-        out(f"[10] next completion served by {served}: the loop is closed")
+        _show(heldout, answers)
+
+
+def _progress(event: dict[str, Any]) -> None:
+    out("      " + str(event.get("line", "")))
 
 
 @app.command("loop")
 @clean_errors
 def loop(
     url: str = typer.Option(None, help="Gateway URL (default FLYWHEEL_GATEWAY_URL or host:port)."),
-    rounds: int = typer.Option(2, help="Feedback passes over the 16 demo topics."),
+    edits: int = typer.Option(48, help="Completions to send and edit (at most 64)."),
 ) -> None:
-    """Run feedback -> retrain -> gate -> sign -> promote against a running gateway."""
+    """Run feedback -> retrain -> gate -> sign -> promote against a running gateway, and show
+    the held-out answers before and after."""
 
     async def go(db: Database, s: Settings) -> None:
-        await _loop(db, s, url or s.resolved_gateway_url, rounds)
+        await _loop(db, s, url or s.resolved_gateway_url, edits)
 
     run_db(go)
