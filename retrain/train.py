@@ -244,6 +244,9 @@ def train_round(
         raise FileExistsError(f"{output_dir} already exists and is not empty")
     timings: dict[str, float] = {}
 
+    # Per-step progress goes to ``progress``; the libraries' own bars would flood a log.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
     set_seed(seed)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
