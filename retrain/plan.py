@@ -366,7 +366,7 @@ def make_plan(
         hp = dataclasses.replace(hp, desirable_weight=dw, undesirable_weight=uw)
         counts = {"desirable": n_desirable, "undesirable": n_undesirable}
         n_rows = n_desirable + n_undesirable
-    hp = dataclasses.replace(hp, **overrides)
+    hp = dataclasses.replace(hp, **typed_overrides(overrides))
     check_hyperparameters(hp)
     if method == "kto" and hp.batch_size < 2:
         raise InvalidRequest("KTO needs batch_size >= 2 (its KL estimate pairs rows in a batch)")
@@ -387,6 +387,43 @@ def load_recipe(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(f"recipe {path}: expected an object of hyperparameters")
     return dict(data)
+
+
+def check_recipe(recipe: Mapping[str, Any]) -> None:
+    """Refuse a stored recipe that no round could use: unknown fields or bad values."""
+    unknown = set(recipe) - {f.name for f in dataclasses.fields(Hyperparameters)}
+    if unknown:
+        raise InvalidRequest(
+            f"unknown hyperparameters: {', '.join(sorted(unknown))}", param="retrain_recipe"
+        )
+    check_hyperparameters(dataclasses.replace(DPO_DEFAULTS, **typed_overrides(recipe)))
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "learning_rate": float, "beta": float, "warmup_ratio": float, "sft_weight": float,
+    "lora_dropout": float, "desirable_weight": float, "undesirable_weight": float,
+    "num_epochs": int, "batch_size": int, "gradient_accumulation_steps": int,
+    "max_length": int, "lora_r": int, "lora_alpha": int,
+    "lr_scheduler_type": str, "use_dora": bool,
+}  # fmt: skip
+
+
+def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides checked against each field's type (an int is a float; a bool is neither)."""
+    typed = {}
+    for name, value in overrides.items():
+        want = _FIELD_TYPES.get(name)
+        if want is None:
+            raise InvalidRequest(f"unknown hyperparameters: {name}", param="retrain_recipe")
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise InvalidRequest(
+                f"hyperparameter {name}={value!r} must be a {want.__name__}", param=name
+            )
+        typed[name] = value
+    return typed
 
 
 _SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")

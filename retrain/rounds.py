@@ -154,12 +154,13 @@ async def prepare(
     n_pairs = sum(1 for r in rows if r.edit is not None)
     n_up = sum(1 for r in rows if r.edit is None and r.rating == "up")
     n_down = sum(1 for r in rows if r.edit is None and r.rating == "down")
+    # The tenant's stored recipe, then this round's own overrides (flags) on top.
     plan = make_plan(
         n_pairs,
         n_up,
         n_down,
         method,
-        overrides=overrides,
+        overrides={**(t.retrain_recipe or {}), **(overrides or {})},
         min_pairs=settings.retrain_min_pairs,
         min_kto_rows=settings.retrain_min_rows,
         max_imbalance=settings.retrain_max_imbalance,

@@ -98,6 +98,19 @@ async def test_admin_actions_are_audited(env: Env) -> None:
     # Past the INTEGER column: a 400 naming the field, not a database error (a 500 before).
     huge = await c.patch("/admin/tenants/via-admin", json={"tpm_limit": 10**12}, headers=h)
     assert huge.status_code == 400 and huge.json()["error"]["param"] == "tpm_limit"
+    # A tenant's retraining recipe: stored when a round could use it, else refused by field.
+    recipe = {"retrain_recipe": {"learning_rate": 1e-4, "num_epochs": 2}}
+    ok = await c.patch("/admin/tenants/via-admin", json=recipe, headers=h)
+    assert ok.status_code == 200 and ok.json()["retrain_recipe"] == recipe["retrain_recipe"]
+    for bad_recipe, param in (
+        ({"learning_rat": 1e-4}, "retrain_recipe"),
+        ({"learning_rate": 5.0}, "learning_rate"),
+        ({"num_epochs": "many"}, "num_epochs"),
+    ):
+        r = await c.patch(
+            "/admin/tenants/via-admin", json={"retrain_recipe": bad_recipe}, headers=h
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.json()
     async with env.app.state.flywheel.db.session() as s:
         actions = list(
             await s.scalars(select(AuditEvent.action).where(AuditEvent.actor.like("admin:%")))

@@ -578,3 +578,17 @@ def test_other_pair_methods_train_and_move_the_margin(
     before = Scorer.load(demo_base).pair_margins(rows)
     after = Scorer.load(demo_base, result.adapter_dir).pair_margins(rows)
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0
+
+
+def test_every_hyperparameter_has_a_checked_type() -> None:
+    from retrain.plan import _FIELD_TYPES, check_recipe
+
+    assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(Hyperparameters)}
+    check_recipe({"max_length": 256, "use_dora": True, "lr_scheduler_type": "linear"})
+    check_recipe({"beta": 1})  # an int is a float
+    with pytest.raises(InvalidRequest) as err:
+        check_recipe({"num_epochs": 2.5})
+    assert err.value.param == "num_epochs"
+    with pytest.raises(InvalidRequest) as err:
+        check_recipe({"lora_r": True})
+    assert err.value.param == "lora_r"

@@ -10,6 +10,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select, update
@@ -337,3 +338,31 @@ async def test_round_without_golden_set_is_refused_before_training(
     prepared = await prepare(db, settings, tenant=t.name, adapter="bot")
     assert prepared.counts["edit pairs"] == 12  # the same feedback, all still there
     assert "golden set v1" in prepared.describe()
+
+
+async def test_tenant_recipe_applies_and_flags_win(
+    db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    from retrain.rounds import prepare
+
+    name, _ = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[3])
+    from gateway.services.tenants import get_tenant, update_tenant
+
+    async with db.transaction() as s:
+        t = await update_tenant(s, name, retrain_recipe={"learning_rate": 1e-4, "num_epochs": 2})
+        adapter_id = (await get_adapter_of(s, t.id)).id
+    await seed_feedback(db, t.id, adapter_id, 12)
+    settings = make_settings(tmp_path, database_url, demo_base)
+    hp = (await prepare(db, settings, tenant=name, adapter="bot")).plan.hyperparameters
+    assert (hp.learning_rate, hp.num_epochs) == (1e-4, 2)
+    flagged = await prepare(db, settings, tenant=name, adapter="bot", overrides={"num_epochs": 1})
+    assert flagged.plan.hyperparameters.num_epochs == 1
+    assert flagged.plan.hyperparameters.learning_rate == 1e-4
+    async with db.session() as s:
+        assert (await get_tenant(s, name)).retrain_recipe["num_epochs"] == 2
+
+
+async def get_adapter_of(session: Any, tenant_id: str) -> Any:
+    from adapters.registry import get_adapter
+
+    return await get_adapter(session, tenant_id, "bot")

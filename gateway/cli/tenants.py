@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
@@ -9,6 +12,7 @@ from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.services import tenants as svc
 from gateway.services.audit import cli_actor
+from retrain.plan import check_recipe, load_recipe
 
 app = typer.Typer(no_args_is_help=True, help="Tenants and their settings.")
 
@@ -60,9 +64,15 @@ def update(
     auto_promote: bool = typer.Option(None, help="Promote candidates that pass the gate."),
     retrain: bool = typer.Option(None, help="Let the retrain worker run rounds for this tenant."),
     disabled: bool = typer.Option(None, help="Disable the tenant (its keys stop working)."),
+    retrain_recipe: Path = typer.Option(
+        None,
+        "--retrain-recipe",
+        help="A recipe file (JSON or TOML) of hyperparameter overrides for this tenant's "
+        "rounds; an empty object clears it (docs/retrain.md).",
+    ),
 ) -> None:
     """Change a tenant's limits and settings."""
-    changes = {
+    changes: dict[str, Any] = {
         k: v
         for k, v in {
             "rpm_limit": rpm,
@@ -75,6 +85,9 @@ def update(
         }.items()
         if v is not None
     }
+    if retrain_recipe is not None:
+        changes["retrain_recipe"] = load_recipe(retrain_recipe)
+        check_recipe(changes["retrain_recipe"])
 
     async def go(db: Database, _: Settings) -> None:
         async with db.transaction() as session:

@@ -49,6 +49,8 @@ class Tenant(Base):
     retrain_min_feedback: Mapped[int] = mapped_column(Integer, default=50)
     retrain_max_age_hours: Mapped[float] = mapped_column(Float, default=24.0)
     gate_thresholds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Hyperparameter overrides for this tenant's rounds, by field name (docs/retrain.md).
+    retrain_recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -29,6 +29,7 @@ TENANT_SETTINGS = {
     "retrain_min_feedback",
     "retrain_max_age_hours",
     "gate_thresholds",
+    "retrain_recipe",
     "disabled",
 }
 
@@ -43,7 +44,9 @@ async def create_tenant(
         )
     if await session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
         raise Conflict(f"Tenant {name!r} already exists.")
-    tenant = Tenant(id=new_id("ten"), name=name, cors_origins=[], gate_thresholds={})
+    tenant = Tenant(
+        id=new_id("ten"), name=name, cors_origins=[], gate_thresholds={}, retrain_recipe={}
+    )
     _apply(tenant, settings)
     session.add(tenant)
     await session.flush()

@@ -22,6 +22,7 @@ class TenantSettings(_Strict):
     retrain_min_feedback: int | None = Field(default=None, ge=1, le=2**31 - 1)
     retrain_max_age_hours: float | None = Field(default=None, gt=0)
     gate_thresholds: dict[str, float] | None = None
+    retrain_recipe: dict[str, Any] | None = None
     disabled: bool | None = None
 
     def changes(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from gateway.services import adapters as adapter_svc
 from gateway.services import audit
 from gateway.services import tenants as tenant_svc
 from gateway.state import AppState
+from retrain.plan import check_recipe
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -44,6 +45,12 @@ def _tenant(t: Tenant) -> dict[str, Any]:
     return {
         c: getattr(t, c) for c in ("id", "name", "created_at", *sorted(tenant_svc.TENANT_SETTINGS))
     }
+
+
+def _check_recipe(changes: dict[str, Any]) -> None:
+    """A stored recipe must be one a round can use: refused here, naming the field."""
+    if changes.get("retrain_recipe"):
+        check_recipe(changes["retrain_recipe"])
 
 
 def _key(k: ApiKey) -> dict[str, Any]:
@@ -80,6 +87,7 @@ async def create_tenant(body: TenantCreate, admin: AdminDep, state: StateDep) ->
     async with state.db.transaction() as session:
         changes = body.changes()
         changes.pop("name")
+        _check_recipe(changes)
         tenant = await tenant_svc.create_tenant(session, body.name, by=admin, **changes)
         key, secret = await tenant_svc.create_key(session, tenant, by=admin)
     return {"tenant": _tenant(tenant), "key_id": key.id, "api_key": secret}
@@ -89,8 +97,10 @@ async def create_tenant(body: TenantCreate, admin: AdminDep, state: StateDep) ->
 async def update_tenant(
     name: str, body: TenantSettings, admin: AdminDep, state: StateDep
 ) -> dict[str, Any]:
+    changes = body.changes()
+    _check_recipe(changes)
     async with state.db.transaction() as session:
-        tenant = await tenant_svc.update_tenant(session, name, by=admin, **body.changes())
+        tenant = await tenant_svc.update_tenant(session, name, by=admin, **changes)
     state.auth_cache.invalidate()
     return _tenant(tenant)
 
