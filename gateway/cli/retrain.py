@@ -16,16 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="Feedback -> KTO/DPO rounds -> cand
 
 
 def _progress(event: dict[str, Any]) -> None:
-    keys = ("step", "epoch", "loss", "rewards/margins", "rewards/accuracies")
-    typer.echo(
-        "  "
-        + "  ".join(
-            f"{k}={event[k]:.4g}" if isinstance(event.get(k), float) else f"{k}={event[k]}"
-            for k in keys
-            if k in event
-        ),
-        err=True,
-    )
+    """One line per training step on stderr: step/total, loss, margins, ETA."""
+    typer.echo("  " + str(event.get("line", "")), err=True)
 
 
 @app.command("run")
