@@ -25,7 +25,8 @@ from retrain.demo import GLOBEX_OPENING, GLOBEX_SIGNOFF
 from tests.helpers import free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+# First start trains two adapters and the loop a round, on 2 CPU cores: minutes, not seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.real_model, pytest.mark.timeout(2400)]
 
 
 @dataclass

@@ -9,6 +9,9 @@ import typer
 # Nothing is fetched from a model hub at run time: bases are local paths or already cached.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Libraries' progress bars (GGUF conversion, weight loading, datasets) would flood the logs and
+# the terminal; Flywheel prints its own progress lines (training steps with an ETA).
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from gateway.cli import (
     adapters,
