@@ -66,7 +66,11 @@ class Settings(BaseSettings):
     )
     device: str = _f("cpu", "Torch device of the embedded engine (`cpu`, `cuda`, `cuda:1`).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "auto", "Embedded engine dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
+        "auto",
+        "Embedded engine dtype. `auto`: bfloat16 on CUDA, and on a CPU with bfloat16 "
+        "instructions (AVX512-BF16, AMX) for a real base (about 2x faster there); float32 on "
+        "other CPUs and for the tiny demo base. In bfloat16 a request batched with others can "
+        "get slightly different numbers than alone (float32: the same).",
     )
     max_batch_size: int = _f(16, "Most requests the embedded engine runs in one batch.")
     max_model_len: int = _f(2048, "Prompt plus completion tokens allowed per request.")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from jinja2 import TemplateError
 
+from adapters.demo import is_demo_base
 from gateway import metrics
 from gateway.engine.base import (
     AdapterRef,
@@ -41,6 +42,7 @@ from gateway.engine.base import (
     Verifier,
 )
 from gateway.engine.embedded_batch import Emit, Row
+from gateway.engine.embedded_fast import native_bf16_cpu
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import EngineWorker, RowStats
 from gateway.errors import EngineError, EngineUnavailable, InvalidRequest
@@ -48,10 +50,16 @@ from gateway.errors import EngineError, EngineUnavailable, InvalidRequest
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto`` is float32 on CPU (bfloat16 matmuls there are slow) and bfloat16 elsewhere."""
+def resolve_dtype(dtype: str, device: str, base_model: str | Path | None = None) -> torch.dtype:
+    """``auto`` is bfloat16 off the CPU, and on a CPU with bfloat16 instructions (AVX512-BF16,
+    AMX) for a real base; float32 on other CPUs (bfloat16 is emulated there, and slow) and for
+    the tiny demo base (its steps are Python overhead, and its tests compare exact tokens).
+    """
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        if device != "cpu":
+            return torch.bfloat16
+        demo = base_model is not None and is_demo_base(Path(base_model))
+        return torch.bfloat16 if native_bf16_cpu() and not demo else torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
@@ -75,7 +83,7 @@ class EmbeddedEngine:
         self.base_model_name = base_model_name
         self._base_model = str(base_model)
         self._device = device
-        self._dtype = resolve_dtype(dtype, device)
+        self._dtype = resolve_dtype(dtype, device, base_model)
         self._max_batch_size = max_batch_size
         self.max_loras = max_loras
         self.max_model_len = max_model_len

@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig, PeftConfig, PeftModel
 
 from gateway.engine.embedded_batch import Group, Row, sample
+from gateway.engine.embedded_fast import prepack_linears
 from gateway.engine.embedded_lora import AdapterRouter
 from gateway.errors import AdapterLoadRefused, EngineError
 
@@ -62,6 +63,7 @@ class EngineWorker:
         self.pad_id = 0
         self._dora: set[str] = set()
         self._router = AdapterRouter()
+        self.packed_linears = 0  # linear layers with oneDNN-prepacked weights (embedded_fast)
         # Counters, written by the engine thread only.
         self.waves = 0
         self.forward_passes = 0
@@ -167,6 +169,14 @@ class EngineWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(self._model_path)
         model: Any = AutoModelForCausalLM.from_pretrained(self._model_path, dtype=self._dtype)
         self.model = model.to(self.device).eval()
+        head = model.get_output_embeddings()
+        if head is not None:
+            # transformers hands the head a strided slice, the last position of each row; a
+            # linear layer on a non-contiguous 3-D input copies the whole weight once per row
+            # (prefill of 8 SmolLM2 prompts in bfloat16: 0.9 s, against 7 ms contiguous).
+            head.register_forward_pre_hook(_contiguous_input)
+        if self.device.type == "cpu" and self._dtype == torch.bfloat16:
+            self.packed_linears = prepack_linears(self.model, batch_hint=self._max_batch_size)
         eos = model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
         eos_list.append(self.tokenizer.eos_token_id)
@@ -213,7 +223,12 @@ class EngineWorker:
 
     def _run_wave(self, rows: list[Row]) -> None:
         self.waves += 1
-        groups = self._group(rows)
+        try:
+            self._decode_wave(self._group(rows))
+        finally:
+            self._router.release()  # the rows' gathered adapter weights
+
+    def _decode_wave(self, groups: list[Group]) -> None:
         with torch.inference_mode():
             for group in groups:
                 self._step(group, group.prefill)
@@ -305,3 +320,9 @@ class EngineWorker:
         for _, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineError("the engine stopped"))
+
+
+def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
