@@ -108,7 +108,11 @@ _LOOP_TRAIN_TOPICS = (
     "turn off email alerts", "recover a locked account", "print a receipt", "close my account",
     "apply a coupon code", "change my phone number", "move files between folders",
 )  # fmt: skip
-_LOOP_TRAIN_TEMPLATES = ("How do I {}?", "Can you tell me how to {}?")
+_LOOP_TRAIN_TEMPLATES = (
+    "How do I {}?",
+    "Can you tell me how to {}?",
+    "I want to {}. What are the steps?",
+)
 # Held-out prompts share no topic and no wording with the training prompts.
 LOOP_HELDOUT_PROMPTS = (
     "What should I do if the app keeps logging me out?",

@@ -156,9 +156,14 @@ class Hyperparameters:
 # r 16, alpha 32, every linear layer of the blocks); each value was then checked on
 # SmolLM2-135M-Instruct with bench/bench_learning.py (docs/benchmarks.md, "Learning"), which is
 # what justifies them:
-# * DPO, with an SFT term of weight 1 on the chosen answer: at lr 1e-5 a round changed nothing
+# * DPO with an SFT term of weight 8 on the chosen answer. At lr 1e-5 a round changed nothing
 #   (0/20 held-out answers followed the users' rule before and after); DPO alone at 2e-4
-#   degraded answers into fragments; with the SFT term the rule is learned.
+#   degraded answers into fragments. TRL's DPO loss acts on the sequence's *summed* log-ratios
+#   (times beta), its SFT term on the *mean* per-token NLL, so on 50-100-token answers the
+#   preference gradient outweighs the SFT one 5-10x; weight 8 brings them level. Measured on
+#   the demo loop's 38 edit pairs (30 steps, 8 held-out prompts, rule "open with a greeting"):
+#   SFT weight 1: 0/8 follow; weight 8: 5/8, as many as SFT alone; on 120 edits (90 steps)
+#   weight 1 reached 100 % but with more steps (docs/benchmarks.md, "Learning").
 # * KTO at 1e-4: thumbs carry less signal per row than edits, and KTO has no SFT term to hold
 #   the answers' fluency, so it moves more carefully.
 # * beta 0.1: TRL's default and the DPO and KTO papers' robust value.
@@ -168,7 +173,7 @@ class Hyperparameters:
 # * max_length 512 tokens: feedback rows are chat turns; longer rows are truncated, not dropped.
 # * new adapters: no dropout (TRL disables it anyway); DoRA off unless asked, since the serving
 #   engine must support it. PEFT's "all-linear" leaves lm_head out (TRL refuses it there).
-DPO_DEFAULTS = Hyperparameters(learning_rate=2e-4, num_epochs=3, beta=0.1)
+DPO_DEFAULTS = Hyperparameters(learning_rate=2e-4, num_epochs=3, beta=0.1, sft_weight=8.0)
 KTO_DEFAULTS = Hyperparameters(learning_rate=1e-4, num_epochs=3, beta=0.1, sft_weight=0.0)
 # ORPO's beta is its lambda (weight of the odds-ratio term; the paper's 0.1); SimPO's beta is
 # its reward scale (the paper uses 2 to 10) and its SFT term is off unless asked.

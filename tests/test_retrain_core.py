@@ -514,7 +514,7 @@ def test_explicit_pair_methods_and_their_defaults() -> None:
         plan = make_plan(20, 5, 5, method)
         assert plan.method == method and method.upper() in plan.reason
         assert "5 up" not in plan.reason and "10 thumbs are not used" in plan.reason
-    assert default_hyperparameters("dpo").sft_weight == 1.0
+    assert default_hyperparameters("dpo").sft_weight == 8.0
     assert default_hyperparameters("simpo").beta == 2.0
     hp = default_hyperparameters("dpo")
     assert (hp.learning_rate, hp.lr_scheduler_type, hp.warmup_ratio) == (2e-4, "cosine", 0.03)

@@ -223,7 +223,7 @@ def _progress(event: dict[str, Any]) -> None:
 @clean_errors
 def loop(
     url: str = typer.Option(None, help="Gateway URL (default FLYWHEEL_GATEWAY_URL or host:port)."),
-    edits: int = typer.Option(48, help="Completions to send and edit (at most 64)."),
+    edits: int = typer.Option(96, help="Completions to send and edit (at most 96)."),
 ) -> None:
     """Run feedback -> retrain -> gate -> sign -> promote against a running gateway, and show
     the held-out answers before and after."""
