@@ -618,3 +618,120 @@ def test_batched_lora_in_bfloat16_matches_peft(demo_base: Path, demo_adapters: l
     torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
     assert torch.equal(got, again)
     torch.testing.assert_close(bare[0].float(), expected[1].float(), rtol=2e-2, atol=2e-2)
+
+
+# --- rows joining a running wave ---------------------------------------------------------------
+
+
+async def test_requests_arriving_mid_wave_join_it(
+    engine: EmbeddedEngine, loras: list[AdapterRef]
+) -> None:
+    """Requests that arrive while a wave decodes join it at the next step (prefilled in a pass
+    of their own, then merged), instead of waiting for the whole wave: the way HTTP requests
+    sent together actually arrive, milliseconds apart.  Each still gets what it gets alone,
+    whether its prompt is shorter or longer than the running rows'."""
+    worker = engine._worker
+    assert worker is not None
+    long = request(loras[0], "0 1 2 3 " * 3, SamplingParams(160, 0.0), request_id="join-long")
+    late = [
+        request(loras[1], "Refunds", SamplingParams(24, 0.0), request_id="join-short"),
+        request(None, "The quick brown fox " * 6, SamplingParams(40, 0.0), request_id="join-wide"),
+        request(loras[2], sampling=SamplingParams(30, 0.0), messages=CHAT, request_id="join-chat"),
+    ]
+    for adapter in loras[:3]:
+        await engine.load_adapter(adapter)
+    alone = {}
+    for req in (long, *late):
+        await collect(engine, req)
+        alone[req.request_id] = stats(engine, req.request_id).token_ids
+
+    waves, joins = engine.waves, worker.joins
+    stream = open_stream(engine, long)
+    first = await anext(stream)
+    rest = asyncio.create_task(collect_rest(stream, first))
+    results = await asyncio.gather(*(collect(engine, req) for req in late))
+    await rest
+
+    assert engine.waves - waves == 1  # one wave: the late requests did not wait for it to end
+    assert worker.joins - joins == len(late)
+    for req in (long, *late):
+        assert stats(engine, req.request_id).token_ids == alone[req.request_id], req.request_id
+    assert all(r.last.finish_reason is not None for r in results)
+
+
+async def collect_rest(stream: AsyncGenerator[GenerationChunk], first: GenerationChunk) -> Result:
+    chunks = [first] + [chunk async for chunk in stream]
+    return Result("".join(c.text for c in chunks), chunks)
+
+
+def test_merged_groups_give_every_row_its_own_logits(
+    demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    """Group.merge pads the narrower cache on the left; the merged rows' logits are the ones
+    each row gets alone, and once the wide rows leave the group is trimmed to its longest row."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from gateway.engine.embedded_batch import Group
+    from gateway.engine.embedded_lora import AdapterRouter
+
+    model: Any = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(demo_base), demo_adapters[0], adapter_name="a0"
+    )
+    model.load_adapter(demo_adapters[1], adapter_name="a1")
+    model.eval()
+    router = AdapterRouter()
+    router.attach(model)
+    device = torch.device("cpu")
+
+    def row(adapter: str | None, prompt: list[int]) -> Any:
+        return SimpleNamespace(adapter=adapter, prompt_ids=prompt, token_ids=[])
+
+    def group(rows: list[Any]) -> Group:
+        return Group(rows, dora_adapter=None, pad_id=0, router=router)
+
+    def run(g: Group, steps: int) -> list[torch.Tensor]:
+        """Prefill if needed, then ``steps`` decode steps feeding greedy tokens."""
+        out = []
+        logits = g.prefill(model, device) if g._cache is None else g.decode(model, device)
+        for _ in range(steps):
+            out.append(logits)
+            for r, token in zip(g.rows, logits.argmax(-1).tolist(), strict=True):
+                r.token_ids.append(token)
+            logits = g.decode(model, device)
+        return out
+
+    wide = [row("a0", list(range(20, 50))), row(None, list(range(60, 80)))]
+    narrow = [row("a1", [5, 6, 7]), row(None, [9, 10, 11, 12])]
+    with torch.inference_mode():
+        alone = [
+            run(group([copy_row]), 6) for copy_row in (row(r.adapter, r.prompt_ids) for r in narrow)
+        ]
+        running = group(wide)
+        run(running, 3)  # the wide rows decode for a while
+        joining = group(narrow)
+        first = joining.prefill(model, device)
+        for r, token in zip(joining.rows, first.argmax(-1).tolist(), strict=True):
+            r.token_ids.append(token)
+        assert running.can_merge(joining)
+        running.merge(joining)
+        assert len(running.rows) == 4 and joining.rows == []
+        merged = [first]  # the joining rows' prefill logits, then their decode steps
+        for _ in range(5):
+            logits = running.decode(model, device)
+            merged.append(logits[2:])
+            for r, token in zip(running.rows, logits.argmax(-1).tolist(), strict=True):
+                r.token_ids.append(token)
+        width = running._attention_mask.shape[1]
+        running.keep([2, 3])  # the wide rows finish
+        assert running._attention_mask.shape[1] < width
+        assert running._attention_mask.shape[1] == max(
+            len(r.prompt_ids) + len(r.token_ids) - 1 for r in running.rows
+        )
+        after = running.decode(model, device)
+    router.detach()
+    for i in range(2):
+        for step in range(6):
+            torch.testing.assert_close(merged[step][i], alone[i][step][0], rtol=1e-5, atol=1e-5)
+    assert after.shape[0] == 2

@@ -1,17 +1,18 @@
 """The embedded engine: one base model and many LoRA adapters, in-process on transformers + PEFT.
 
-Scheduling is *wave batching*: when the engine thread is free it takes every waiting request
-(up to ``max_batch_size``) and decodes them together, one forward pass per step, until the
-last of them finishes; requests that arrive meanwhile wait for the next wave (and so does a
-request whose adapter had to be loaded first).  Rows for different adapters share the pass
-through PEFT's mixed-adapter batches (``adapter_names``, routed by embedded_lora), except
-DoRA adapters, which PEFT refuses to mix: each DoRA adapter's rows get their own pass in the
-same wave.  Finished and cancelled rows leave the batch at once, so a wave never waits
-on a client that has gone.  vLLM does continuous batching instead (new requests join between
-steps); that is what production traffic should run on, and what the vLLM engine provides.
+Scheduling: when the engine thread is free it takes every waiting request (up to
+``max_batch_size``) and decodes them together, one forward pass per step, until the last of
+them finishes (a *wave*).  Requests that arrive meanwhile join the wave between two steps:
+they are prefilled in a pass of their own and merged into the running batch (continuous
+batching, as vLLM does; before, they waited for the wave to end, and HTTP requests sent
+together, which arrive milliseconds apart, often split into two waves).  Rows for different
+adapters share the pass through PEFT's mixed-adapter batches (``adapter_names``, routed by
+embedded_lora), except DoRA adapters, which PEFT refuses to mix: each DoRA adapter's rows get
+their own pass in the same wave.  Finished and cancelled rows leave the batch at once, so a
+wave never waits on a client that has gone.
 
 Requests submitted in the same event-loop iteration reach the engine thread together, so
-requests started concurrently (``asyncio.gather``) share a wave.
+requests started concurrently (``asyncio.gather``) share a wave from its first step.
 
 Threads: the event loop owns the adapter registry (which adapters are resident, their LRU
 order, requests in flight); the engine thread (embedded_worker) owns the model.  Chunks

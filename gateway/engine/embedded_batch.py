@@ -2,7 +2,9 @@
 
 Rows are left-padded so every row's newest token sits in the last column; the attention mask
 hides the padding and the position ids count only real tokens, so a row's logits are the
-same whether it runs alone or beside others.
+same whether it runs alone or beside others (in float32; bfloat16 matmuls round differently
+for other batch sizes).  The same alignment lets rows prefilled later join a group that is
+already decoding (:meth:`Group.merge`): the shorter side is padded on the left.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from gateway.engine.base import GenerationChunk, SamplingParams
 from gateway.engine.embedded_lora import BASE_ADAPTER, AdapterRouter
@@ -112,6 +115,49 @@ class Group:
         self._cache.batch_select_indices(index)
         self._attention_mask = self._attention_mask[index]
         self._next_position = self._next_position[index]
+        self._trim()
+
+    def can_merge(self, other: Group) -> bool:
+        """True when ``other`` (prefilled, not decoded yet) can join this group's batch."""
+        return (
+            other.dora_adapter == self.dora_adapter
+            and bool(self.rows)
+            and bool(other.rows)
+            and _plain(self._cache)
+            and _plain(other._cache)
+        )
+
+    def merge(self, other: Group) -> None:
+        """Take ``other``'s rows into this group: both are waiting to feed their last sampled
+        token, so their caches are right-aligned; the shorter is padded on the left (masked)."""
+        assert self._cache is not None and other._cache is not None
+        width = max(self._attention_mask.shape[1], other._attention_mask.shape[1])
+        self._attention_mask = torch.cat(
+            [_pad_left(self._attention_mask, width), _pad_left(other._attention_mask, width)]
+        )
+        for mine, theirs in zip(_layers(self._cache), _layers(other._cache), strict=True):
+            keys = [_pad_left(mine.keys, width, dim=2), _pad_left(theirs.keys, width, dim=2)]
+            values = [
+                _pad_left(mine.values, width, dim=2),
+                _pad_left(theirs.values, width, dim=2),
+            ]
+            mine.keys, mine.values = torch.cat(keys), torch.cat(values)
+        self._next_position = torch.cat([self._next_position, other._next_position])
+        self.rows = self.rows + other.rows
+        other.rows = []
+
+    def _trim(self) -> None:
+        """Drop leading columns no row uses (padding left by rows that have gone), so a group
+        that keeps taking new rows does not grow wider than its longest row."""
+        used = self._attention_mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first == 0 or not _plain(self._cache):
+            return
+        assert self._cache is not None
+        self._attention_mask = self._attention_mask[:, first:]
+        for layer in _layers(self._cache):
+            layer.keys = layer.keys[:, :, first:]
+            layer.values = layer.values[:, :, first:]
 
     def _forward(
         self, model: Any, input_ids: torch.Tensor, positions: torch.Tensor
@@ -167,3 +213,24 @@ def _sample_one(
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     choice = torch.multinomial(sorted_probs, 1, generator=generator)
     return int(order[choice].item())
+
+
+def _plain(cache: DynamicCache | None) -> bool:
+    """A cache of plain full-attention layers only (sliding windows are not merged or cut)."""
+    return cache is not None and all(
+        type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers
+    )
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers, typed loosely: checked to be plain ones by :func:`_plain`."""
+    return list(cache.layers)
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

@@ -67,6 +67,7 @@ class EngineWorker:
         # Counters, written by the engine thread only.
         self.waves = 0
         self.forward_passes = 0
+        self.joins = 0  # rows that joined a wave already decoding
         self.recent: deque[RowStats] = deque(maxlen=256)
 
     # --- called from the event loop ------------------------------------------------------
@@ -198,9 +199,10 @@ class EngineWorker:
                     return rows
                 self._cond.wait()
 
-    def _take_rows(self) -> list[Row]:
+    def _take_rows(self, limit: int | None = None) -> list[Row]:
         rows: list[Row] = []
-        while self._rows and len(rows) < self._max_batch_size:
+        limit = self._max_batch_size if limit is None else limit
+        while self._rows and len(rows) < limit:
             row = self._rows.popleft()
             if row.cancelled:
                 self._record(row, "cancelled")
@@ -238,11 +240,34 @@ class EngineWorker:
                 for row in (row for group in groups for row in group.rows):
                     self._fail(row, EngineError("the engine stopped"))
                 return
+            self._join(groups)
             with torch.inference_mode():
                 for group in groups:
                     self._drop_cancelled(group)
                     if group.rows:
                         self._step(group, group.decode)
+
+    def _join(self, groups: list[Group]) -> None:
+        """Rows that arrived while the wave runs join it: prefilled in a pass of their own,
+        then merged into the group they fit (or decoded beside it), up to max_batch_size."""
+        room = self._max_batch_size - sum(len(g.rows) for g in groups)
+        if room <= 0 or not self._rows:  # unlocked peek: a row missed now joins next step
+            return
+        with self._cond:
+            rows = self._take_rows(room)
+        if not rows:
+            return
+        self.joins += len(rows)
+        new = self._group(rows)
+        with torch.inference_mode():
+            for group in new:
+                self._step(group, group.prefill)
+        for group in new:
+            target = next((g for g in groups if g.can_merge(group)), None)
+            if target is not None:
+                target.merge(group)
+            elif group.rows:
+                groups.append(group)
 
     def _group(self, rows: list[Row]) -> list[Group]:
         by_dora: dict[str, list[Row]] = {}
