@@ -63,7 +63,7 @@ def gateway(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         url = f"http://127.0.0.1:{port}"
         # First start: conversion (~30 s) and two demo adapters trained on 2 CPU cores.
-        wait_until_up(f"{url}/readyz", proc, log, timeout=900, interval=1.0, request_timeout=5)
+        wait_until_up(f"{url}/readyz", proc, log, timeout=1500, interval=1.0, request_timeout=5)
         printed = log.read_text()
         keys = dict(re.findall(r"^\s+(demo-\w+)\s+(\S+)\s+\(model", printed, re.MULTILINE))
         assert set(keys) == {"demo-acme", "demo-globex"}, printed[-3000:]
