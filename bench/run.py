@@ -40,6 +40,14 @@ BENCHES = {
         "bench.bench_many_adapters",
         "1,000 adapters over 3 replicas (issue: vLLM and scale)",
     ),
+    "real_engines": (
+        "bench.bench_real_engines",
+        "Real engines on SmolLM2: embedded vs vLLM's CPU build, the gateway vs direct vs LiteLLM",
+    ),
+    "first_start": (
+        "bench.bench_first_start",
+        "Start-up on SmolLM2: first `flywheel serve`, a vLLM CPU replica",
+    ),
 }
 
 
