@@ -222,7 +222,9 @@ async def test_killed_worker_process_round_is_requeued(
         )
     try:
         row = None
-        for _ in range(600):  # poll the database for the claim, up to ~60 s
+        # Poll the database for the claim, up to ~5 min: the worker imports torch and TRL
+        # first, which took over a minute on a loaded 2-core machine.
+        for _ in range(3000):
             async with db.session() as s:
                 row = await s.scalar(
                     select(TrainingRound).where(
