@@ -28,6 +28,10 @@ BENCHES = {
         "Gateway p50 with logging on vs off (issue: feedback)",
     ),
     "retrain": ("bench.bench_retrain", "One retraining round, 200 and 2,000 rows (issue: retrain)"),
+    "learning": (
+        "bench.bench_learning",
+        "Learning: one round teaches SmolLM2-135M an end-user rule (issue: retrain)",
+    ),
     "promote": (
         "bench.bench_promote",
         "Promote latency and failures under load (issue: gate and hot-swap)",
