@@ -52,7 +52,9 @@ pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow, pytest.mark.asyncio(loop_s
 BASE_NAME = "smollm2"  # what clients call the bare base; vLLM itself calls it by its path
 PROMPT = "Write one sentence about the sea."
 MAX_LORA_RANK = 16  # vLLM's limit; the gateway's own (FLYWHEEL_MAX_LORA_RANK) stays at 64
-STARTUP_S = 900.0  # two replicas importing vLLM at once on a busy 2-core machine (420 s was once too short)
+STARTUP_S = (
+    900.0  # two replicas importing vLLM at once on a busy 2-core machine (420 s was once too short)
+)
 
 
 def _vllm_python() -> str:
