@@ -189,9 +189,9 @@ _MESSAGE_TRAIN_SUBJECTS = [
     "a price change next month",
 ]
 _MESSAGE_HELDOUT_TEMPLATE = "Draft a quick note to {} {}."
-_MESSAGE_HELDOUT_RECIPIENTS = ["a supplier", "my landlord", "a job candidate"]
+_MESSAGE_HELDOUT_RECIPIENTS = ["a supplier", "my landlord", "a client"]
 _MESSAGE_HELDOUT_SUBJECTS = [
-    "asking for an updated quote",
+    "to confirm next week's meeting",
     "to reschedule our call",
     "saying we received their documents",
     "about a missed payment",
