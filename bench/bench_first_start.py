@@ -1,5 +1,6 @@
 """Start-up: ``flywheel serve`` on an empty data directory (what ``make serve`` does first), the
-same data directory started again, and one vLLM CPU replica, in seconds until each answers.
+same data directory started again, and one vLLM CPU replica, in seconds until each answers its
+health route (the gateway's ``/healthz``, vLLM's ``/health``).
 
 The first start converts SmolLM2-135M-Instruct from the wheel ``make base`` fetched (it must be
 in the cache already: nothing is downloaded here) and bootstraps the demo tenants, training
@@ -68,6 +69,7 @@ def timed_start(
             for line in proc.stdout:
                 marks.append((time.perf_counter() - started, line.rstrip()))
                 out.write(line)
+                out.flush()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -108,7 +110,7 @@ def serve_start(data_dir: Path, workdir: Path, name: str, timeout: float) -> Sta
     for key in ("FLYWHEEL_BASE_MODEL", "FLYWHEEL_ENGINE", "FLYWHEEL_DATABASE_URL"):
         env.pop(key, None)  # the defaults, as a new user has them
     cmd = [sys.executable, "-m", "gateway.cli.main", "serve"]
-    health = f"http://127.0.0.1:{port}/health"
+    health = f"http://127.0.0.1:{port}/healthz"
     return timed_start(cmd, env, health, workdir / f"{name}.log", timeout)
 
 
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     again = serve_start(data, workdir, "serve-again", args.timeout)
     vllm = vllm_start(workdir, args.timeout) if args.vllm else None
 
-    rows = ["| start | seconds until /health answered |", "| --- | ---: |"]
+    rows = ["| start | seconds until its health route answered |", "| --- | ---: |"]
     rows.append(f"| `flywheel serve`, empty data directory (first start) | {first.seconds:.1f} |")
     for label, seconds in phases(first):
         rows.append(f"| &nbsp;&nbsp;of which: {label} | {seconds:.1f} |")
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(rows))
     print(
         "\nThe phases are cut where the first start logs `converting ...` and `training the "
-        "demo ... house style` (the first of the two adapters); /health answers once the "
+        "demo ... house style` (the first of the two adapters); /healthz answers once the "
         "lifespan start-up is done."
     )
 

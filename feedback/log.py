@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.spool import Record, Spool
+from gateway.db.errors import is_row_error
 from gateway.db.models import Completion, Erasure, Feedback
 from gateway.db.session import Database
 
@@ -77,16 +77,6 @@ def normalize(row: dict[str, Any]) -> dict[str, Any]:
             # SQLite stores the wall-clock digits only; UTC everywhere keeps comparisons right.
             out[col] = as_utc(value)
     return out
-
-
-def is_row_error(exc: BaseException) -> bool:
-    """True when the database refused the data itself; anything else is treated as an outage."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return False
-        return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError))
-    # Failed before reaching the database (e.g. a value JSON cannot encode).
-    return isinstance(exc, sa_exc.StatementError)
 
 
 def _is_pg(session: AsyncSession) -> bool:

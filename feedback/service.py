@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.diff import unified
-from feedback.log import as_utc, feedback_upsert, is_row_error, normalize_feedback
+from feedback.log import as_utc, feedback_upsert, normalize_feedback
+from gateway.db.errors import DB_UNAVAILABLE, is_row_error
 from gateway.db.models import Completion, Feedback
 from gateway.db.session import Database
 from gateway.errors import Conflict, InvalidRequest, NotFound
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 Rating = Literal["up", "down"]
 # What an unreachable or failing database raises (connection refused surfaces as OSError).
-UNAVAILABLE: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, OSError, TimeoutError)
 MAX_BATCH = 100
 
 
@@ -141,7 +140,7 @@ async def record_feedback(
             return await _store(
                 session, log, tenant_id, rows, scoped=scope_completion_id, pending=pending
             )
-    except UNAVAILABLE as exc:
+    except DB_UNAVAILABLE as exc:
         if is_row_error(exc):
             raise
         # The database is unreachable: accepted feedback is never dropped.  Ownership cannot
@@ -187,6 +186,12 @@ async def _store(
     pending: SharedPending | None,
 ) -> list[StoredFeedback]:
     ids = sorted({r["completion_id"] for r in rows})
+    # Read the log's pending state *before* the database: the writer commits a row and only
+    # then forgets it, so a row pending now is either visible to the select below or still
+    # pending.  Read after the select, a commit landing in between would look like a 404.
+    pending_now = {
+        cid: log.pending_text(cid, tenant_id) for cid in ids if log.is_pending(cid, tenant_id)
+    }
     texts: dict[str, str | None] = {
         cid: text
         for cid, text in await session.execute(
@@ -197,11 +202,7 @@ async def _store(
     }
     # Still streaming or still in the write queue (here, or on another replica) is fine: the
     # row is on its way.  A browser token (scoped) already proves the id.
-    unknown = {
-        cid
-        for cid in ids
-        if cid not in texts and scoped is None and not log.is_pending(cid, tenant_id)
-    }
+    unknown = {cid for cid in ids if cid not in texts and scoped is None and cid not in pending_now}
     if unknown and pending is not None:
         unknown = {cid for cid in unknown if not await pending.contains(tenant_id, cid)}
     stored: list[StoredFeedback] = []
@@ -209,7 +210,7 @@ async def _store(
         cid = row["completion_id"]
         if cid in unknown:
             raise not_found(cid)
-        original = texts[cid] if cid in texts else log.pending_text(cid, tenant_id)
+        original = texts[cid] if cid in texts else pending_now.get(cid)
         row["diff"] = _diff(original, row)
         stmt = feedback_upsert(session).returning(*Feedback.__table__.c)
         result = (await session.execute(stmt, normalize_feedback(row))).first()

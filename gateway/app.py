@@ -76,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.check_production()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics.configure(settings.metrics_tenant_label)
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, pool_timeout=settings.database_pool_timeout_s)
     await upgrade(db.engine)
     engine = await build_engine(settings, db)
     completions = CompletionLog(
@@ -109,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             completions=completions,
             auth_cache=StaleIfErrorCache(settings.auth_cache_ttl_s),
             route_cache=StaleIfErrorCache(settings.route_cache_ttl_s),
+            models_cache=StaleIfErrorCache(settings.route_cache_ttl_s),
             promoter=Promoter(db, engine),
             pending=pending,
         )

@@ -8,19 +8,15 @@ spooled meanwhile, see feedback/log.py).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError
-
+from gateway.db.errors import DB_UNAVAILABLE
 from gateway.errors import DatabaseUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-DB_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError, asyncio.TimeoutError)
 
 
 class StaleIfErrorCache(Generic[K, V]):
@@ -36,13 +32,18 @@ class StaleIfErrorCache(Generic[K, V]):
             return entry[0]
         try:
             value = await load()
-        except DB_ERRORS as exc:
+        except DB_UNAVAILABLE as exc:
             if entry is not None:
                 return entry[0]
             raise DatabaseUnavailable(
                 "The database is unreachable and this request cannot be answered from cache.",
                 retry_after=2,
             ) from exc
+        except BaseException:
+            # The database answered "no" (a revoked key, a disabled tenant, a removed route):
+            # the old "yes" must not come back while the database is away later.
+            self._entries.pop(key, None)
+            raise
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (value, now)

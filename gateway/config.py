@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         "SQLAlchemy async URL. Empty: `sqlite+aiosqlite:///<data_dir>/flywheel.db`. "
         "PostgreSQL: `postgresql+asyncpg://user:pass@host/db`.",
     )
+    database_pool_timeout_s: float = _f(
+        5.0,
+        "How long a request waits for a free database connection before the database counts as "
+        "unavailable: cached keys and routes answer then, feedback is spooled, anything else is "
+        "a 503. (SQLAlchemy's default, 30 s, held every request for 30 s during a write stall.)",
+    )
     host: str = _f("127.0.0.1", "Address `flywheel serve` binds.")
     port: int = _f(8000, "Port `flywheel serve` listens on.")
     gateway_url: str = _f(
@@ -203,6 +209,12 @@ class Settings(BaseSettings):
         True,
         "Serve the web console at `/console`: static pages; every action goes through the "
         "admin API with an admin token the operator pastes in.",
+    )
+    metrics_token: SecretStr | None = _f(
+        None,
+        "Bearer token Prometheus sends to `GET /metrics` (`authorization: credentials_file:` in "
+        "its scrape config). `/metrics` names tenants, adapters and versions, so it is never "
+        "public: it takes this token or any admin token, and answers 401 to everything else.",
     )
     metrics_tenant_label: bool = _f(
         True, "Label metrics by tenant; switch off when tenants are many (cardinality)."

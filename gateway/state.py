@@ -28,6 +28,9 @@ class AppState:
     completions: CompletionLog
     auth_cache: StaleIfErrorCache[str, tuple[Tenant, ApiKey]]
     route_cache: StaleIfErrorCache[tuple[str, str], Resolved]
+    # Each tenant's ``/v1/models`` entries, served stale while the database is away (SDKs and
+    # LangChain list models first, and completions go on from the caches above meanwhile).
+    models_cache: StaleIfErrorCache[str, list[dict[str, Any]]]
     promoter: Promoter
     pending: SharedPending | None = None  # in-flight completion ids shared through Redis
     extras: dict[str, Any] = field(default_factory=dict)

@@ -18,9 +18,13 @@ from fastapi import FastAPI
 from gateway.config import Settings
 from gateway.db.session import Database
 
+METRICS_TOKEN = "test-metrics-token"  # what Prometheus would send; make_settings sets it
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
 
 def make_settings(data_dir: Path, database_url: str, base: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "metrics_token": METRICS_TOKEN,
         "data_dir": data_dir,
         "database_url": database_url,
         "base_model": str(base),

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.db.models import AuditEvent, Completion
 from gateway.services.admin_tokens import local_admin_token
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tests.helpers import METRICS_AUTH, SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -144,8 +144,22 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
+async def test_metrics_are_for_the_operator_only(env: Env) -> None:
+    """/metrics names every tenant and adapter version: a tenant key, a wrong token or no
+    token is a 401; the metrics token and admin tokens read it."""
+    c = env.client
+    tenant_key = {"Authorization": f"Bearer {env.tenant.key}"}
+    for headers in ({}, tenant_key, {"Authorization": "Bearer not-the-token"}):
+        r = await c.get("/metrics", headers=headers)
+        assert r.status_code == 401, (headers, r.status_code)
+        assert "flywheel_" not in r.text
+    for headers in (METRICS_AUTH, env.admin):
+        r = await c.get("/metrics", headers=headers)
+        assert r.status_code == 200 and "flywheel_refused_loads_total" in r.text
+
+
 async def test_metrics_move_with_openai_traffic(env: Env) -> None:
-    before = (await env.client.get("/metrics")).text
+    before = (await env.client.get("/metrics", headers=METRICS_AUTH)).text
     transport = httpx.ASGITransport(app=env.app)
     oa = openai.AsyncOpenAI(
         base_url="http://flywheel/v1",
@@ -161,7 +175,7 @@ async def test_metrics_move_with_openai_traffic(env: Env) -> None:
     )
     async for _ in stream:
         pass
-    after = (await env.client.get("/metrics")).text
+    after = (await env.client.get("/metrics", headers=METRICS_AUTH)).text
     labels = {"tenant": env.tenant.id, "adapter": "support@1"}
     assert (
         sample(after, "flywheel_requests_total", status="ok", **labels)
@@ -202,7 +216,7 @@ def test_metric_names_match_deploy_list() -> None:
 
 async def test_feedback_metric(env: Env) -> None:
     before = sample(
-        (await env.client.get("/metrics")).text,
+        (await env.client.get("/metrics", headers=METRICS_AUTH)).text,
         "flywheel_feedback_total",
         tenant=env.tenant.id,
         kind="up",
@@ -218,7 +232,7 @@ async def test_feedback_metric(env: Env) -> None:
     )
     assert fb.status_code == 200
     after = sample(
-        (await env.client.get("/metrics")).text,
+        (await env.client.get("/metrics", headers=METRICS_AUTH)).text,
         "flywheel_feedback_total",
         tenant=env.tenant.id,
         kind="up",
@@ -277,13 +291,13 @@ async def test_limits_feedback_and_the_tenant_label_switch(
                 "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 2,
             }
-            before = (await client.get("/metrics")).text
+            before = (await client.get("/metrics", headers=METRICS_AUTH)).text
             ok = await client.post("/v1/chat/completions", json=body, headers=key)
             limited = await client.post("/v1/chat/completions", json=body, headers=key)
             assert (ok.status_code, limited.status_code) == (200, 429)
             fb = {"completion_id": ok.json()["id"], "rating": "down", "edited_output": "Better."}
             assert (await client.post("/v1/feedback", json=fb, headers=key)).status_code == 200
-            after = (await client.get("/metrics")).text
+            after = (await client.get("/metrics", headers=METRICS_AUTH)).text
     finally:
         metrics.configure(True)  # the process-wide default for the other tests
 

@@ -184,11 +184,29 @@ async def test_http_api_through_an_outage(
                 assert f.status_code == expect, f.text
                 feedback_ids.append(fid)
 
+        from gateway.services.tenants import create_key, get_tenant, revoke_key
+
+        async with state.db.transaction() as session:
+            row = await get_tenant(session, tenant.name)
+            second, second_secret = await create_key(session, row)
+        revoked = {"Authorization": f"Bearer {second_secret}"}
+        assert (await client.post("/v1/chat/completions", json=chat, headers=revoked)).is_success
+        async with state.db.transaction() as session:
+            await revoke_key(session, second.id)
+        assert (await client.get("/v1/models", headers=revoked)).status_code == 401
+        assert (await client.get("/v1/models", headers=headers)).status_code == 200
         for _ in range(3):
             await one_round(200)
         await asyncio.to_thread(pg.stop, "immediate")
         for _ in range(5):
             await one_round(202)
+        # A revoked key stays revoked while the database is away (the cached "yes" is gone)...
+        r = await client.post("/v1/chat/completions", json=chat, headers=revoked)
+        assert r.status_code == 503, r.text
+        # ...and the model list (what SDKs call first) is served from cache, not a 500.
+        models = await client.get("/v1/models", headers=headers)
+        assert models.status_code == 200, models.text
+        assert [m["id"] for m in models.json()["data"]] == ["demo-base"]
         assert state.completions.spool_rows > 0
         await asyncio.to_thread(pg.start)
         await wait_flushed(state.completions)
@@ -204,6 +222,55 @@ async def test_http_api_through_an_outage(
             )
     assert n_completions == len(completion_ids) == 8
     assert n_feedback == len(feedback_ids) == 16
+
+
+async def test_a_stalled_database_pool_serves_from_cache_not_500(
+    postgres_url: str, demo_base: Path, tmp_path: Path
+) -> None:
+    """Every pooled connection held by a stalled writer: requests wait ``pool_timeout`` for a
+    connection, then count the database as away (sqlalchemy's TimeoutError is no DBAPIError):
+    keys and routes come from cache, feedback is spooled, nothing answers 500."""
+    from contextlib import AsyncExitStack
+
+    from gateway.app import create_app
+    from tests.helpers import make_settings, running_app, seed_tenant
+
+    settings = make_settings(
+        tmp_path / "data", postgres_url, demo_base, database_pool_timeout_s=0.5
+    )
+    app = create_app(settings)
+    chat = {"model": "demo-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with running_app(app) as client:
+        state = app.state.flywheel
+        tenant = await seed_tenant(state.db, settings, f"stall-{uuid.uuid4().hex[:6]}", {})
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        assert (await client.get("/v1/models", headers=headers)).status_code == 200
+        first = await client.post("/v1/chat/completions", json=chat, headers=headers)
+        assert first.status_code == 200
+        pool = state.db.engine.pool
+        async with AsyncExitStack() as stall:
+            held = [
+                await stall.enter_async_context(state.db.engine.connect())
+                for _ in range(pool.size() + pool._max_overflow)  # type: ignore[attr-defined]
+            ]
+            assert held
+            models = await client.get("/v1/models", headers=headers)
+            assert models.status_code == 200, models.text
+            r = await client.post("/v1/chat/completions", json=chat, headers=headers)
+            assert r.status_code == 200, r.text
+            fb = await client.post(
+                "/v1/feedback",
+                headers=headers,
+                json={"completion_id": r.json()["id"], "rating": "up"},
+            )
+            assert fb.status_code == 202, fb.text
+            # A read with nothing cached: a 503 the client may retry, never a 500.
+            listed = await client.get(
+                "/v1/feedback", params={"completion_id": r.json()["id"]}, headers=headers
+            )
+            assert listed.status_code == 503, listed.text
+            assert listed.json()["error"]["code"] == "database_unavailable"
+        await wait_flushed(state.completions)
 
 
 # --- SIGTERM ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_until_up
+from tests.helpers import METRICS_AUTH, METRICS_TOKEN, free_port, wait_until_up
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -50,6 +50,7 @@ def _env(tmp_path: Path, demo_base: Path, port: int, **extra: str) -> dict[str, 
         "FLYWHEEL_BASE_MODEL": str(demo_base),
         "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
         "FLYWHEEL_PORT": str(port),
+        "FLYWHEEL_METRICS_TOKEN": METRICS_TOKEN,
         **extra,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -93,7 +94,8 @@ def test_two_workers_share_the_port_and_their_metrics(demo_base: Path, tmp_path:
                 assert r.status_code == 200, r.text
             # Whichever worker answers the scrape, the counters are the sum of both.
             scrapes = [
-                client.get("/metrics", headers={"Connection": "close"}).text for _ in range(4)
+                client.get("/metrics", headers={"Connection": "close", **METRICS_AUTH}).text
+                for _ in range(4)
             ]
         assert all(_requests_ok(text) == 6 for text in scrapes), [_requests_ok(t) for t in scrapes]
         assert (data / "prometheus").is_dir()

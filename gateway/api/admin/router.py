@@ -215,6 +215,7 @@ async def promote(
         remote_addr=admin.remote_addr,
     )
     state.route_cache.invalidate()
+    state.models_cache.invalidate()
     return result.as_dict()
 
 
@@ -226,6 +227,7 @@ async def rollback(
         tenant, name, actor=admin.actor, reason=body.reason, remote_addr=admin.remote_addr
     )
     state.route_cache.invalidate()
+    state.models_cache.invalidate()
     return result.as_dict()
 
 

@@ -27,13 +27,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.responses import Response
 
-from feedback.service import UNAVAILABLE, list_feedback, not_found, record_feedback
+from feedback.service import list_feedback, not_found, record_feedback
 from feedback.tokens import is_feedback_token, verify
 from gateway import metrics
 from gateway.api.body import read_json
 from gateway.api.deps import bearer_token, get_tenant
 from gateway.api.errors import error_response, validation_error
 from gateway.api.feedback.protocol import FeedbackBatch, FeedbackItem, FeedbackList, FeedbackObject
+from gateway.db.errors import DB_UNAVAILABLE
 from gateway.db.models import Tenant
 from gateway.db.session import Database
 from gateway.errors import (
@@ -84,7 +85,7 @@ class CorsPolicy:
                 rows = (
                     await session.execute(select(Tenant.id, Tenant.cors_origins, Tenant.disabled))
                 ).all()
-        except UNAVAILABLE as exc:
+        except DB_UNAVAILABLE as exc:
             log.warning("feedback CORS: cannot refresh tenant origins (%r); using cache", exc)
             return
         self._tenants = {

@@ -64,9 +64,10 @@ async def list_models(auth: TenantDep, state: StateDep) -> dict[str, Any]:
             "parent": None,
         }
     ]
-    async with state.db.session() as session:
-        for adapter, version in await tenant_models(session, auth.tenant.id):
-            data.append(
+
+    async def load() -> list[dict[str, Any]]:
+        async with state.db.session() as session:
+            return [
                 {
                     "id": adapter.name,
                     "object": "model",
@@ -77,5 +78,8 @@ async def list_models(auth: TenantDep, state: StateDep) -> dict[str, Any]:
                     "root": f"{adapter.name}@{version.version}",
                     "parent": base,
                 }
-            )
+                for adapter, version in await tenant_models(session, auth.tenant.id)
+            ]
+
+    data.extend(await state.models_cache.get(auth.tenant.id, load))
     return {"object": "list", "data": data}
