@@ -236,7 +236,7 @@ async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
         ({**CHAT, "temperature": 7}, "temperature"),
         ({**CHAT, "seed": 2**64}, "seed"),
         ({**CHAT, "seed": -(2**63) - 1}, "seed"),
-        ({**CHAT, "n": 3}, None),
+        ({**CHAT, "n": 3}, "n"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ([1, 2], None),
     ],

@@ -29,11 +29,21 @@ class AdapterRef:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to pick tokens.  Every field past ``seed`` is off at its default; an engine gets a
+    non-default value only when its :class:`Capabilities` name the field."""
+
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    min_tokens: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -44,7 +54,12 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """Exactly one of ``messages`` (chat) or ``prompt`` (text completion) is set."""
+    """Exactly one of ``messages`` (chat) or ``prompt`` (text completion) is set.
+
+    ``extra`` holds request fields an engine passes on as the client sent them (vLLM:
+    ``response_format``, ``continue_final_message``, ``add_generation_prompt``); the gateway
+    sets one only when the engine's :class:`Capabilities` name it.
+    """
 
     request_id: str
     adapter: AdapterRef | None
@@ -73,6 +88,19 @@ class ReplicaStats:
     evictions: int
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """The optional request fields an engine honours.
+
+    A request that sets any other optional field to a value that changes the answer is refused
+    with a 400 naming that field (``param``), so nothing a client asks for is silently dropped.
+    The names are the OpenAI (or vLLM extra) request fields: ``top_k``, ``logit_bias``, ...
+    """
+
+    engine: str  # how the engine is called in error messages: "embedded", "vLLM"
+    fields: frozenset[str]
+
+
 # Called before any adapter is loaded; raises AdapterLoadRefused when it must not be.
 Verifier = Callable[[AdapterRef], None]
 
@@ -81,6 +109,7 @@ class Engine(Protocol):
     """The engine contract.  Implementations: embedded.EmbeddedEngine, vllm.VLLMEngine."""
 
     base_model_name: str
+    capabilities: Capabilities
 
     async def start(self) -> None: ...
 

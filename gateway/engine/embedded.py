@@ -37,6 +37,7 @@ from adapters.demo import is_demo_base
 from gateway import metrics
 from gateway.engine.base import (
     AdapterRef,
+    Capabilities,
     GenerationChunk,
     GenerationRequest,
     ReplicaStats,
@@ -44,6 +45,7 @@ from gateway.engine.base import (
 )
 from gateway.engine.embedded_batch import Emit, Row
 from gateway.engine.embedded_fast import native_bf16_cpu
+from gateway.engine.embedded_logits import row_logits
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import EngineWorker, RowStats
 from gateway.errors import EngineError, EngineUnavailable, InvalidRequest
@@ -68,6 +70,23 @@ def resolve_dtype(dtype: str, device: str, base_model: str | Path | None = None)
 
 class EmbeddedEngine:
     """In-process multi-LoRA engine; implements gateway.engine.base.Engine."""
+
+    # What embedded_logits implements; the rest (tools, n, logprobs, response_format, ...) is
+    # refused by name.  docs/api.md has the table.
+    capabilities = Capabilities(
+        "embedded",
+        frozenset(
+            {
+                "top_k",
+                "min_p",
+                "repetition_penalty",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "min_tokens",
+            }
+        ),
+    )
 
     def __init__(
         self,
@@ -292,6 +311,13 @@ class EmbeddedEngine:
             text=StreamText(worker.tokenizer, prompt_ids, sampling.stop),
             emit=self._emitter(queue),
             generator=self._generator(sampling.seed, sampling.greedy, worker.device),
+            logits=row_logits(
+                sampling,
+                prompt_length=len(prompt_ids),
+                eos_ids=worker.eos_ids,
+                vocab_size=worker.model.config.vocab_size,
+                device=worker.device,
+            ),
         )
 
     @staticmethod
@@ -368,6 +394,7 @@ class EmbeddedEngine:
                 f"they exceed this model's maximum context length of {self.max_model_len} "
                 "tokens.  Shorten the prompt or lower max_tokens.",
                 param=_prompt_param(request),
+                code="context_length_exceeded",
             )
 
     def _require_worker(self) -> EngineWorker:

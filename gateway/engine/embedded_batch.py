@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from gateway.engine.base import GenerationChunk, SamplingParams
+from gateway.engine.embedded_logits import RowLogits
 from gateway.engine.embedded_lora import BASE_ADAPTER, AdapterRouter
 from gateway.engine.embedded_text import StreamText
 
@@ -37,6 +38,7 @@ class Row:
     text: StreamText
     emit: Emit
     generator: torch.Generator | None
+    logits: RowLogits | None = None  # penalties, logit_bias, min_tokens, top_k, min_p
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
@@ -47,7 +49,8 @@ class Row:
         if token_id in eos_ids:
             self.finish_reason = "stop"
         else:
-            self.text.push(token_id)
+            # Like vLLM, stop strings count only once min_tokens are generated.
+            self.text.push(token_id, match_stops=len(self.token_ids) >= self.sampling.min_tokens)
             if self.text.stopped:
                 self.finish_reason = "stop"
             elif len(self.token_ids) >= self.sampling.max_tokens:
@@ -188,23 +191,40 @@ class Group:
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int | Exception]:
     """Pick each row's next token: argmax when greedy, else temperature + top-p.
 
-    A row whose sampling fails gets the exception in its place, so one bad row can only fail
-    itself, never the other tenants' rows in its batch.
+    Rows with logits processors (penalties, logit_bias, min_tokens) get them applied to their
+    own row first; rows without any cost nothing extra.  A row whose sampling fails gets the
+    exception in its place, so one bad row can only fail itself, never the other tenants'
+    rows in its batch.
     """
+    failed: dict[int, Exception] = {}
+    for i, row in enumerate(rows):
+        if row.logits is not None and row.logits.processors:
+            try:
+                logits[i] = row.logits.process(row.prompt_ids, row.token_ids, logits[i])
+            except RuntimeError as exc:
+                failed[i] = exc
     picked: list[int | Exception] = list(logits.argmax(dim=-1).tolist())
     for i, row in enumerate(rows):
-        if not row.sampling.greedy:
+        if i in failed:
+            picked[i] = failed[i]
+        elif not row.sampling.greedy:
             try:
-                picked[i] = _sample_one(logits[i], row.sampling, row.generator)
+                picked[i] = _sample_one(logits[i], row.sampling, row.generator, row.logits)
             except RuntimeError as exc:  # e.g. torch.multinomial on NaN probabilities
                 picked[i] = exc
     return picked
 
 
 def _sample_one(
-    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+    row_logits: RowLogits | None = None,
 ) -> int:
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    scaled = logits.float() / sampling.temperature
+    if row_logits is not None and row_logits.warpers:
+        scaled = row_logits.warp(scaled)  # top_k and min_p, after the temperature as in vLLM
+    probs = torch.softmax(scaled, dim=-1)
     sorted_probs, order = probs.sort(descending=True)
     if sampling.top_p < 1.0:
         # Keep the smallest prefix whose mass reaches top_p; the top token always survives.

@@ -30,12 +30,16 @@ class StreamText:
         self._emitted = 0
         self.stopped = False
 
-    def push(self, token_id: int) -> None:
-        """Add one generated token; sets ``stopped`` when a stop string completes."""
+    def push(self, token_id: int, *, match_stops: bool = True) -> None:
+        """Add one generated token; sets ``stopped`` when a stop string completes.
+
+        With ``match_stops`` False (before ``min_tokens`` are generated) the text grows without
+        being searched; a stop string that completes later is still found.
+        """
         self._ids.append(token_id)
         delta = self._decode_new()
         if delta:
-            self._append(delta)
+            self._append(delta, match_stops=match_stops)
 
     def take(self, *, final: bool) -> str:
         """The text that may be sent now; ``final`` flushes everything still held back."""
@@ -67,9 +71,11 @@ class StreamText:
         after = self._decode(self._ids[self._prefix :])
         return after[len(before) :]
 
-    def _append(self, delta: str) -> None:
+    def _append(self, delta: str, *, match_stops: bool = True) -> None:
         search_from = max(0, len(self.text) - self._longest_stop + 1)
         self.text += delta
+        if not match_stops:
+            return
         hits = [i for i in (self.text.find(s, search_from) for s in self._stops) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]

@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.errors import validation_error
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
 from gateway.engine.embedded import EmbeddedEngine
@@ -160,20 +161,28 @@ class LocalServer:
                 if chat
                 else CompletionRequest.model_validate(payload)
             )
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            invalid = validation_error(exc)  # vLLM names the field too, in ``param``
+            return vllm_error(400, invalid.message, "BadRequestError", invalid.param)
+        except ValueError as exc:  # not JSON
             return vllm_error(400, str(exc), "BadRequestError")
         if body.model != self.base_name and body.model not in self.adapters:
             return vllm_error(
                 404, f"The model `{body.model}` does not exist.", "NotFoundError", "model"
             )
-        request = GenerationRequest(
-            request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            adapter=self.adapters.get(body.model),
-            sampling=body.sampling(DEFAULT_MAX_TOKENS),
-            messages=body.engine_messages() if isinstance(body, ChatCompletionRequest) else None,
-            prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
-        )
         try:
+            # vLLM would honour more fields than the embedded engine underneath: those are
+            # refused here by name, and the gateway in front relays the 400 with its param.
+            body.check(self.engine.capabilities)
+            request = GenerationRequest(
+                request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                adapter=self.adapters.get(body.model),
+                sampling=body.sampling(DEFAULT_MAX_TOKENS),
+                messages=body.engine_messages()
+                if isinstance(body, ChatCompletionRequest)
+                else None,
+                prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
+            )
             stream = self.engine.generate(request)
             # Awaited before answering, so a bad request is a 400 rather than a broken stream.
             first = await anext(stream)

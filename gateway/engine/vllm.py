@@ -23,6 +23,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import httpx
 
@@ -30,6 +31,7 @@ from gateway import metrics
 from gateway.config import Settings
 from gateway.engine.base import (
     AdapterRef,
+    Capabilities,
     GenerationChunk,
     GenerationRequest,
     ReplicaStats,
@@ -62,6 +64,28 @@ class _PlaceAgain(Exception):
 
 class VLLMEngine:
     """Implements gateway.engine.base.Engine on top of vLLM OpenAI-compatible servers."""
+
+    # What upstream_body passes through, checked against vLLM's entrypoints/openai protocol
+    # (ChatCompletionRequest, CompletionRequest) and SamplingParams: vLLM honours each of these
+    # and validates their values itself (a 400 relayed with its message).  The rest (tools, n,
+    # logprobs, echo, ...) needs response shapes the gateway does not build yet: refused.
+    capabilities = Capabilities(
+        "vLLM",
+        frozenset(
+            {
+                "top_k",
+                "min_p",
+                "repetition_penalty",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "min_tokens",
+                "response_format",
+                "continue_final_message",
+                "add_generation_prompt",
+            }
+        ),
+    )
 
     def __init__(
         self,
@@ -411,7 +435,7 @@ class VLLMEngine:
                     lost += 1
                     replica.residency.drop(name)
                     continue
-                raise generation_error(replica, exc) from exc
+                raise generation_error(replica, exc, body) from exc
             finally:
                 self._release(replica, name)
 
@@ -459,14 +483,41 @@ def worker_reason(message: str) -> str:
     return found.group(1) if found else message
 
 
+def _named_field(message: str, sent: dict[str, Any] | None) -> str | None:
+    """The field of the request that vLLM's message names, for a 400 that has no ``param``
+    (many of vLLM's checks raise a plain ValueError: "min_p must be in [0, 1], got 1.5")."""
+    # vLLM's messages open with their subject ("min_tokens must be ... max_tokens=16"), so the
+    # field named first is the one to blame.
+    found = [
+        (m.start(), name)
+        for name in sent or ()
+        if name not in _NEVER_BLAMED
+        and (m := re.search(rf"\b{re.escape(name)}\b", message)) is not None
+    ]
+    return min(found)[1] if found else None
+
+
+# Fields the gateway always sends; a message that names them blames something else first.
+_NEVER_BLAMED = frozenset({"model", "stream", "stream_options", "messages", "prompt"})
+# vLLM's words for a prompt plus max_tokens over max_model_len ("This model's maximum context
+# length is 2048 tokens. However, ..."); it sends no code of its own for it.
+_CONTEXT_EXCEEDED = re.compile(r"maximum context length", re.I)
 _WORKER_ERROR = re.compile(r"Worker failed with error '(.+)', please check the stack trace", re.S)
 
 
-def generation_error(replica: Replica, exc: UpstreamError) -> FlywheelError:
+def generation_error(
+    replica: Replica, exc: UpstreamError, sent: dict[str, Any] | None = None
+) -> FlywheelError:
     """Upstream errors before the first token, as the gateway's own errors."""
     if exc.status == 400:
         # The request itself: prompt longer than the context, bad sampling values.
-        return InvalidRequest(exc.message, param=exc.param)
+        if _CONTEXT_EXCEEDED.search(exc.message):
+            return InvalidRequest(
+                exc.message,
+                param="messages" if sent and "messages" in sent else "prompt",
+                code="context_length_exceeded",
+            )
+        return InvalidRequest(exc.message, param=exc.param or _named_field(exc.message, sent))
     if exc.status in (401, 403):
         return EngineError(f"vLLM at {replica.url} rejected the API key (FLYWHEEL_VLLM_API_KEY)")
     return EngineError(f"vLLM at {replica.url} failed the request: {exc}")

@@ -271,7 +271,12 @@ async def sse_events(
 
 
 def upstream_body(request: GenerationRequest) -> dict[str, Any]:
-    """The OpenAI request vLLM gets, always streamed with usage on the last event."""
+    """The OpenAI request vLLM gets, always streamed with usage on the last event.
+
+    Sampling extras go under vLLM's names (entrypoints/openai ``ChatCompletionRequest`` and
+    ``CompletionRequest`` take the same ones), and only when they differ from vLLM's defaults;
+    ``request.extra`` (response_format, chat-template flags) is passed as the client sent it.
+    """
     s = request.sampling
     body: dict[str, Any] = {
         "max_tokens": s.max_tokens,
@@ -284,6 +289,22 @@ def upstream_body(request: GenerationRequest) -> dict[str, Any]:
         body["stop"] = list(s.stop)
     if s.seed is not None:
         body["seed"] = s.seed
+    if s.top_k:
+        body["top_k"] = s.top_k
+    if s.min_p:
+        body["min_p"] = s.min_p
+    if s.repetition_penalty != 1.0:
+        body["repetition_penalty"] = s.repetition_penalty
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.logit_bias:
+        # JSON object keys are strings; vLLM turns them back into token ids.
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if s.min_tokens:
+        body["min_tokens"] = s.min_tokens
+    body.update(request.extra)
     if request.messages is not None:
         body["messages"] = request.messages
     else:

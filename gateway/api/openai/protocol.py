@@ -1,7 +1,10 @@
 """Request models for the OpenAI-compatible endpoints.
 
-Unknown fields are ignored (clients send vendor extensions); fields that would silently change
-the meaning of a request if dropped (``n`` > 1, ``logprobs``, ``tools``) are refused clearly.
+Every request field has one of two fates: the engine serving the request honours it, or the
+request is refused with a 400 whose ``param`` names the field.  Types and ranges are checked
+here by pydantic (each error carries its field as ``param``); :meth:`_SamplingRequest.check`
+then refuses the fields the serving engine cannot honour (its :class:`Capabilities`).  Unknown
+fields are ignored: the SDKs and frameworks send vendor extensions.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.engine.base import SamplingParams
+from gateway.engine.base import Capabilities, SamplingParams
+from gateway.errors import InvalidRequest
 
 
 class _Lenient(BaseModel):
@@ -38,7 +42,37 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Lenient):
+    """``response_format.json_schema``: OpenAI's shape (``schema`` is a pydantic name)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a response_format of type json_schema needs its json_schema")
+        return self
+
+    @property
+    def constrains(self) -> bool:
+        """False for ``text``, which asks for nothing beyond the default."""
+        return self.type != "text"
+
+
 PositiveInt = Annotated[int, Field(ge=1)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# OpenAI documents logit_bias values from -100 to 100 (vLLM clamps to the same range).
+LOGIT_BIAS_LIMIT = 100.0
 
 
 class _SamplingRequest(_Lenient):
@@ -50,11 +84,21 @@ class _SamplingRequest(_Lenient):
     # The range torch.Generator.manual_seed accepts (OpenAI documents no range).
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     user: str | None = Field(default=None, max_length=256)
-    n: int = 1
+    n: PositiveInt = 1
+    best_of: PositiveInt | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Any = None
-    tools: Any = None
+    logprobs: bool | int | None = None  # narrowed by each endpoint
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[int, float] | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's extra sampling parameters, under vLLM's names and ranges.
+    top_k: int | None = Field(default=None, ge=-1)  # -1 and 0 turn it off
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    min_tokens: int | None = Field(default=None, ge=0)
 
     @field_validator("stop")
     @classmethod
@@ -63,18 +107,90 @@ class _SamplingRequest(_Lenient):
             raise ValueError("at most 4 stop sequences")
         return v
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> _SamplingRequest:
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, v: object) -> object:
+        # JSON keys are strings; each must be a token id, each value within OpenAI's range.
+        if not isinstance(v, dict):
+            return v
+        bias: dict[int, float] = {}
+        for key, value in v.items():
+            token = str(key)
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"the bias of token {token} must be a number, got {value!r}")
+            if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+                raise ValueError(f"the bias of token {token} is {value}, outside [-100, 100]")
+            bias[int(token)] = float(value)
+        return bias
+
+    # --- what the request asks of the engine ------------------------------------------------
+
+    def logprobs_requested(self) -> bool:
+        # Chat takes a boolean; /v1/completions an integer, where 0 already asks for the
+        # sampled tokens' logprobs: so only None and False ask for nothing.
+        return self.logprobs is not None and self.logprobs is not False
+
+    def requested_fields(self) -> list[str]:
+        """The optional fields this request sets to a value that changes the answer."""
+        fields: list[str] = []
         if self.n != 1:
-            raise ValueError("n must be 1: Flywheel returns one choice per request")
-        if self.logprobs not in (None, False):
-            raise ValueError("logprobs are not supported")
-        if self.tools:
-            raise ValueError("tools are not supported")
-        return self
+            fields.append("n")
+        if self.best_of not in (None, 1):
+            fields.append("best_of")
+        if self.logprobs_requested():
+            fields.append("logprobs")
+        if self.top_logprobs:
+            fields.append("top_logprobs")
+        if self.top_k not in (None, 0, -1):
+            fields.append("top_k")
+        if self.min_p not in (None, 0.0):
+            fields.append("min_p")
+        if self.repetition_penalty not in (None, 1.0):
+            fields.append("repetition_penalty")
+        if self.presence_penalty not in (None, 0.0):
+            fields.append("presence_penalty")
+        if self.frequency_penalty not in (None, 0.0):
+            fields.append("frequency_penalty")
+        if self.logit_bias:
+            fields.append("logit_bias")
+        if self.min_tokens:
+            fields.append("min_tokens")
+        if self.response_format is not None and self.response_format.constrains:
+            fields.append("response_format")
+        return fields
+
+    def check(self, capabilities: Capabilities) -> None:
+        """Refuse (400, ``param`` set) what is inconsistent, or what the engine cannot honour."""
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is true.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        if self.top_logprobs and not self.logprobs_requested():
+            raise InvalidRequest(
+                "'top_logprobs' needs 'logprobs' set to true.",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+        for name in self.requested_fields():
+            if name not in capabilities.fields:
+                raise InvalidRequest(
+                    f"'{name}' is not supported on this gateway's {capabilities.engine} engine; "
+                    "docs/api.md lists what each engine honours.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+
+    # --- translation for the engine ---------------------------------------------------------
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def _max_tokens_param(self) -> str:
+        return "max_tokens"
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         stop: tuple[str, ...]
@@ -84,12 +200,60 @@ class _SamplingRequest(_Lenient):
             stop = (self.stop,)
         else:
             stop = tuple(s for s in self.stop if s)
+        max_tokens = self.requested_max_tokens() or default_max_tokens
+        min_tokens = self.min_tokens or 0
+        if min_tokens > max_tokens:
+            raise InvalidRequest(
+                f"min_tokens ({min_tokens}) is above {self._max_tokens_param()} ({max_tokens}).",
+                param="min_tokens",
+                code="invalid_value",
+            )
         return SamplingParams(
-            max_tokens=self.requested_max_tokens() or default_max_tokens,
+            max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=stop,
             seed=self.seed,
+            top_k=max(self.top_k or 0, 0),
+            min_p=self.min_p or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=tuple(sorted((self.logit_bias or {}).items())),
+            min_tokens=min_tokens,
+        )
+
+    def engine_extra(self) -> dict[str, Any]:
+        """Fields passed on to the engine as sent (see GenerationRequest.extra)."""
+        extra: dict[str, Any] = {}
+        if self.response_format is not None and self.response_format.constrains:
+            extra["response_format"] = self.response_format.model_dump(
+                by_alias=True, exclude_none=True
+            )
+        return extra
+
+    def logged_params(self) -> dict[str, Any]:
+        """The parameters stored with the completion row (they shaped the answer)."""
+        return self.model_dump(
+            mode="json",
+            by_alias=True,
+            include={
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "seed",
+                "stream",
+                "top_k",
+                "min_p",
+                "repetition_penalty",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "min_tokens",
+                "response_format",
+            },
+            exclude_none=True,
         )
 
     @property
@@ -100,9 +264,54 @@ class _SamplingRequest(_Lenient):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    # vLLM's chat-template extras.
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+    def requested_fields(self) -> list[str]:
+        fields = super().requested_fields()
+        if self.tools:
+            fields.append("tools")
+        if self.tool_choice not in (None, "none"):
+            fields.append("tool_choice")
+        if self.functions:
+            fields.append("functions")
+        if self.function_call not in (None, "none"):
+            fields.append("function_call")
+        if self.continue_final_message:
+            fields.append("continue_final_message")
+        if not self.add_generation_prompt:
+            fields.append("add_generation_prompt")
+        return fields
+
+    def check(self, capabilities: Capabilities) -> None:
+        if self.continue_final_message and self.add_generation_prompt:
+            # vLLM's rule: continuing the last message and opening a new one contradict.
+            raise InvalidRequest(
+                "'continue_final_message' needs 'add_generation_prompt' set to false.",
+                param="continue_final_message",
+                code="invalid_value",
+            )
+        super().check(capabilities)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def _max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
+    def engine_extra(self) -> dict[str, Any]:
+        extra = super().engine_extra()
+        if self.continue_final_message:
+            extra["continue_final_message"] = True
+        if not self.add_generation_prompt:
+            extra["add_generation_prompt"] = False
+        return extra
 
     def engine_messages(self) -> list[dict[str, Any]]:
         # "developer" is OpenAI's newer name for "system"; chat templates know "system".
@@ -116,6 +325,7 @@ class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @field_validator("prompt")
     @classmethod
@@ -124,11 +334,13 @@ class CompletionRequest(_SamplingRequest):
             raise ValueError("exactly one prompt per request is supported")
         return v
 
-    @model_validator(mode="after")
-    def _no_echo(self) -> CompletionRequest:
-        if self.echo or self.suffix:
-            raise ValueError("echo and suffix are not supported")
-        return self
+    def requested_fields(self) -> list[str]:
+        fields = super().requested_fields()
+        if self.echo:
+            fields.append("echo")
+        if self.suffix:
+            fields.append("suffix")
+        return fields
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

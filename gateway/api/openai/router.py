@@ -83,3 +83,9 @@ async def list_models(auth: TenantDep, state: StateDep) -> dict[str, Any]:
 
     data.extend(await state.models_cache.get(auth.tenant.id, load))
     return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, auth: TenantDep, state: StateDep) -> dict[str, Any]:
+    """One model, resolved within this tenant: another tenant's adapter is a 404."""
+    return await OpenAIServing(state).retrieve_model(auth, model_id)

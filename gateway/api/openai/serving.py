@@ -6,6 +6,7 @@ the embedded engine and on vLLM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -51,6 +52,7 @@ class _Call:
     resolved: Resolved
     estimate: int
     received_at: datetime
+    fingerprint: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
@@ -88,10 +90,7 @@ class _Call:
             request: dict[str, Any] = {"messages": body.engine_messages()}
         else:
             request = {"prompt": body.prompt_text()}
-        params = body.model_dump(
-            include={"max_tokens", "temperature", "top_p", "stop", "seed", "stream"},
-            exclude_none=True,
-        )
+        params = body.logged_params()
         if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
             params["max_completion_tokens"] = body.max_completion_tokens
         adapter, version = self.resolved.adapter, self.resolved.version
@@ -116,6 +115,36 @@ class _Call:
             "first_token_at": self.first_token_at,
             "done_at": _now(),
         }
+
+
+def system_fingerprint(base_model: str, resolved: Resolved) -> str:
+    """OpenAI's ``system_fingerprint``: it changes when the serving base or adapter version does
+    (a version id is never reused, so neither is a fingerprint)."""
+    served = resolved.version.id if resolved.version is not None else "base"
+    return "fp_" + hashlib.sha256(f"{base_model}\0{served}".encode()).hexdigest()[:12]
+
+
+def model_card(model_id: str, base: str, resolved: Resolved, owner: str) -> dict[str, Any]:
+    """One ``/v1/models`` entry: the bare base, or an adapter at the version ``model_id`` names."""
+    adapter, version = resolved.adapter, resolved.version
+    if adapter is None or version is None:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "flywheel",
+            "root": base,
+            "parent": None,
+        }
+    created = version.created_at.timestamp() if version.created_at else time.time()
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": int(created),
+        "owned_by": owner,
+        "root": f"{adapter.name}@{version.version}",
+        "parent": base,
+    }
 
 
 def _observe(call: _Call) -> None:
@@ -143,6 +172,12 @@ class OpenAIServing:
             rpm=auth.tenant.rpm_limit or s.default_rpm, tpm=auth.tenant.tpm_limit or s.default_tpm
         )
 
+    async def retrieve_model(self, auth: AuthContext, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: resolved within the tenant, so another tenant's adapter is
+        the same 404 as a missing one."""
+        resolved = await self._resolve(auth.tenant.id, model_id)
+        return model_card(model_id, self.state.engine.base_model_name, resolved, auth.tenant.name)
+
     async def create(
         self, kind: Kind, auth: AuthContext, body: ChatCompletionRequest | CompletionRequest
     ) -> Response:
@@ -155,6 +190,8 @@ class OpenAIServing:
                 f"{settings.max_tokens_limit}.",
                 param="max_completion_tokens" if kind == "chat" else "max_tokens",
             )
+        # Every field the engine cannot honour is refused by name before anything runs.
+        body.check(self.state.engine.capabilities)
         resolved = await self._resolve(auth.tenant.id, body.model)
         logs.bind(tenant_id=auth.tenant.id, adapter_version=resolved.label)
         sampling = body.sampling(settings.default_max_tokens)
@@ -181,6 +218,7 @@ class OpenAIServing:
             resolved=resolved,
             estimate=estimate,
             received_at=received_at,
+            fingerprint=system_fingerprint(self.state.engine.base_model_name, resolved),
             t_received=t_received,
         )
         version = resolved.version
@@ -192,6 +230,7 @@ class OpenAIServing:
             sampling=sampling,
             messages=body.engine_messages() if isinstance(body, ChatCompletionRequest) else None,
             prompt=body.prompt_text() if isinstance(body, CompletionRequest) else None,
+            extra=body.engine_extra(),
         )
         self.state.completions.begin(call.id, auth.tenant.id)
         if self.state.pending is not None:  # other replicas accept feedback on it meanwhile
@@ -292,7 +331,7 @@ class OpenAIServing:
         if call.kind == "chat":
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": text, "refusal": None},
                 "finish_reason": call.finish_reason,
                 "logprobs": None,
             }
@@ -312,7 +351,7 @@ class OpenAIServing:
             "model": call.body.model,
             "choices": [choice],
             "usage": call.usage(),
-            "system_fingerprint": None,
+            "system_fingerprint": call.fingerprint,
         }
 
     def _chunk(self, call: _Call, text: str | None, finish: str | None, role: bool = False) -> str:
@@ -320,6 +359,7 @@ class OpenAIServing:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
+                delta["refusal"] = None
             if text is not None:
                 delta["content"] = text
             choice: dict[str, Any] = {
@@ -337,6 +377,7 @@ class OpenAIServing:
             "object": obj,
             "created": call.created,
             "model": call.body.model,
+            "system_fingerprint": call.fingerprint,
             "choices": [choice],
         }
         if call.body.include_usage:
@@ -351,6 +392,7 @@ class OpenAIServing:
         limits: Limits,
     ) -> AsyncGenerator[str, None]:
         exc: BaseException | None = None
+        finished = False
         # One write per engine chunk: the events it makes (with the role first, and the
         # finish, usage and [DONE] last) go out together instead of one send each.
         events = [self._chunk(call, "", None, role=True)] if call.kind == "chat" else []
@@ -373,11 +415,16 @@ class OpenAIServing:
                     "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
                     "created": call.created,
                     "model": call.body.model,
+                    "system_fingerprint": call.fingerprint,
                     "choices": [],
                     "usage": call.usage(),
                 }
                 events.append(f"data: {json.dumps(usage, separators=(',', ':'))}\n\n")
             events.append("data: [DONE]\n\n")
+            # Logged (journaled) before [DONE] goes out: a stream its client saw complete is
+            # never lost to a crash of this process.
+            finished = True
+            await self._finish(call, limits, None)
             yield "".join(events)
         except FlywheelError as err:
             exc = err
@@ -388,4 +435,5 @@ class OpenAIServing:
             raise
         finally:
             await stream.aclose()
-            await self._finish(call, limits, exc)
+            if not finished:
+                await self._finish(call, limits, exc)
