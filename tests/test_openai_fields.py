@@ -209,9 +209,10 @@ async def test_completion_fields_refused_on_embedded(
     assert err.value.param == param, err.value.message
 
 
-async def test_several_prompts_are_refused_by_name(gw: Gateway) -> None:
+@pytest.mark.parametrize("prompt", [["a", "b"], [1, 2, 3], [[1, 2]]])
+async def test_several_or_token_id_prompts_are_refused_by_name(gw: Gateway, prompt: Any) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        await gw.client.completions.create(model="demo-base", prompt=["a", "b"], max_tokens=4)
+        await gw.client.completions.create(model="demo-base", prompt=prompt, max_tokens=4)
     assert err.value.param == "prompt"
 
 

@@ -322,16 +322,21 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str | list[str]
+    prompt: str
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("exactly one prompt per request is supported")
+    def _one_text_prompt(cls, v: object) -> object:
+        # Before pydantic's own union check, whose errors would name "prompt.str".
+        if isinstance(v, list) and not all(isinstance(item, int) for item in v):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request is supported")
+            v = v[0]
+        if not isinstance(v, str):
+            raise ValueError("the prompt must be text; token-id prompts are not supported")
         return v
 
     def requested_fields(self) -> list[str]:
@@ -343,4 +348,4 @@ class CompletionRequest(_SamplingRequest):
         return fields
 
     def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return self.prompt
