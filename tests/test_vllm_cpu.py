@@ -468,6 +468,27 @@ async def test_the_official_openai_client(gw: Gateway) -> None:
         assert base.model == BASE_NAME and base.choices[0].text.strip()
 
 
+async def test_logit_bias_reaches_vllm(gw: Gateway, real_base: Path) -> None:
+    """A field the gateway passes through (issue 13): vLLM honours it, greedy picks the token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base)
+    token = tokenizer.encode(" sea", add_special_tokens=False)[-1]
+    client = openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=gw.tenants["acme"].key, max_retries=0, timeout=120
+    )
+    async with client:
+        done = await client.completions.create(
+            model=BASE_NAME,
+            prompt="Once upon a time",
+            max_tokens=4,
+            temperature=0,
+            logit_bias={str(token): 100},
+        )
+    assert done.usage is not None and done.usage.completion_tokens == 4
+    assert done.choices[0].text == tokenizer.decode([token] * 4)
+
+
 async def test_adapters_a_replica_cannot_load_get_a_clear_error(
     gw: Gateway, cluster: Cluster
 ) -> None:
