@@ -2,7 +2,8 @@
 
 Life of a row::
 
-    serving: begin(id) ... submit(row)        (request path: a deque append, nothing else)
+    serving: begin(id) ... submit(row)        (request path: one journal write, a deque
+                                               append; see feedback/journal.py)
       -> writer task: a batch of up to batch_size rows every flush_interval_s (or sooner when
          a full batch is waiting) -> INSERT ... ON CONFLICT (id) DO NOTHING, executemany
       -> database unreachable: the batch is appended to the on-disk spool (fsync) instead and
@@ -38,6 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from feedback.journal import Journal
 from feedback.spool import Record, Spool
 from gateway.db.errors import is_row_error
 from gateway.db.models import Completion, Erasure, Feedback
@@ -220,6 +222,7 @@ class CompletionLog:
         self.scrub_interval_s = scrub_interval_s
         self._scrub_task: asyncio.Task[None] | None = None
         self._spool = Spool.claim(spool_dir) if claim_spool else Spool(spool_dir)
+        self._journal = Journal(self._spool.directory)
         self._queue: deque[dict[str, Any]] = deque()
         self._queued_since = 0.0
         self._inflight: set[Key] = set()
@@ -254,6 +257,10 @@ class CompletionLog:
                 if r.kind == "completion"
             }
 
+        # What a killed run had journaled but not landed: replayed like spooled rows.
+        for path in self._journal.leftovers():
+            await asyncio.to_thread(self._spool.adopt, path)
+            log.warning("completion log: replaying %s left by an earlier run", path.name)
         self._spooled.update(await asyncio.to_thread(spooled_keys))
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="flywheel-completion-log")
@@ -288,6 +295,7 @@ class CompletionLog:
                 await asyncio.wait({task}, timeout=self.stop_timeout_s)
             self._task = None
         self._spill_queue()
+        self._journal.close()
         self._spool.close()
 
     def begin(self, completion_id: str, tenant_id: str) -> None:
@@ -305,6 +313,17 @@ class CompletionLog:
             return
         key = (clean["tenant_id"], clean["id"])
         self._inflight.discard(key)
+        if len(self._queue) < self.queue_size:
+            try:
+                # Before the answer goes out: a kill from here on cannot lose the row.
+                self._journal.append(key, clean)
+            except OSError:
+                log.exception("completion log: journal write failed; spooling the row")
+                self._spool.append([("completion", clean)])
+                self._spooled.add(key)
+                self.rows_spooled += 1
+                self._wake.set()
+                return
         if len(self._queue) >= self.queue_size:
             self._spool.append([("completion", clean)])
             self._spooled.add(key)
@@ -532,6 +551,7 @@ class CompletionLog:
             except Exception as exc:
                 if is_row_error(exc):
                     await asyncio.to_thread(self._spool.reject, record, repr(exc))
+                    self._journal.resolve((record.row["tenant_id"], record.row["id"]))
                     self.rejected_rows += 1
                     log.error("completion log: row rejected by the database: %r", exc)
                     continue
@@ -572,6 +592,7 @@ class CompletionLog:
                 # bound.  Feedback on these rows gets its diff at export time instead.
                 self._texts.pop(key, None)
                 self._spooled.add(key)
+                self._journal.resolve(key)
 
     def _landed(self, records: Sequence[Record]) -> None:
         if self._db_down:
@@ -583,6 +604,7 @@ class CompletionLog:
                 key = (r.row["tenant_id"], r.row["id"])
                 self._texts.pop(key, None)
                 self._spooled.discard(key)
+                self._journal.resolve(key)
                 n += 1
         self.rows_written += n
         self.batches_written += 1

@@ -145,6 +145,18 @@ class Spool:
             self._current_rows += len(records)
             self._rows += len(records)
 
+    def adopt(self, path: Path) -> None:
+        """Take a file of encoded lines (a crashed run's completion journal) as a segment: its
+        rows replay like any spooled row.  A torn last line is skipped by ``read``."""
+        with open(path, "rb") as fp:
+            os.fsync(fp.fileno())  # the kernel had it; make it durable before it counts
+        with self._lock:
+            self._seq += 1
+            name = f"seg-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}-journal.jsonl"
+            os.replace(path, self.directory / name)
+            _fsync_dir(self.directory)
+            self._rows += self._count(self.directory / name)
+
     def _open_new(self) -> None:
         # Time-ordered names keep replay in write order (feedback upserts rely on it less
         # than on updated_at, but ordered replay is the least surprising).
