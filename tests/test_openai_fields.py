@@ -173,6 +173,15 @@ async def complete(gw: Gateway, max_tokens: int = 12, **fields: Any) -> tuple[st
             "continue_final_message",
         ),
         ({"extra_body": {"add_generation_prompt": False}}, "add_generation_prompt"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ]
+            },
+            "messages.0.content",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content"),
     ],
 )
 async def test_chat_fields_refused_on_embedded(
@@ -180,7 +189,7 @@ async def test_chat_fields_refused_on_embedded(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         await gw.client.chat.completions.create(
-            model="support", messages=CHAT, max_tokens=8, **fields
+            **{"model": "support", "messages": CHAT, "max_tokens": 8, **fields}
         )
     assert err.value.status_code == 400
     assert err.value.param == param, err.value.message

@@ -30,6 +30,22 @@ class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, v: object) -> object:
+        # Before pydantic's union check, whose first error would name "content.str" even for
+        # an image part; this names the content and says what is not served.
+        if isinstance(v, list):
+            for part in v:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f"only text content parts are supported, not {kind!r}")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError("a text content part needs its text, a string")
+        elif v is not None and not isinstance(v, str):
+            raise ValueError("content must be a string or a list of text parts")
+        return v
+
     def text(self) -> str:
         if self.content is None:
             return ""
