@@ -44,6 +44,10 @@ BENCHES = {
         "bench.bench_many_adapters",
         "1,000 adapters over 3 replicas (issue: vLLM and scale)",
     ),
+    "noisy_neighbour": (
+        "bench.bench_noisy_neighbour",
+        "Noisy neighbour: B's latency while A sends unservable prompts (issue: security)",
+    ),
     "real_engines": (
         "bench.bench_real_engines",
         "Real engines on SmolLM2: embedded vs vLLM's CPU build, the gateway vs direct vs LiteLLM",

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     default_max_tokens: int = _f(256, "`max_tokens` when a request gives none.")
     default_rpm: int = _f(600, "Requests per minute per tenant, unless the tenant overrides.")
     default_tpm: int = _f(200_000, "Tokens per minute per tenant, unless overridden.")
+    feedback_rpm_limit: int = _f(
+        1200,
+        "Feedback posts per minute per tenant (API keys and browser tokens together; a batch "
+        "counts once); beyond it 429. Refused posts count too.",
+    )
     redis_url: str = _f(
         "", "Redis for rate limits shared by gateway replicas. Empty: in-process limits."
     )

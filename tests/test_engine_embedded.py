@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, SamplingParams
-from gateway.engine.embedded import EmbeddedEngine
+from gateway.engine.embedded import INLINE_ENCODE_CHARS, EmbeddedEngine
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import RowStats
 from gateway.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
@@ -217,19 +219,58 @@ async def test_seeded_sampling_is_reproducible(engine: EmbeddedEngine) -> None:
     assert len(others | {first.text}) > 1
 
 
+async def first_chunk(engine: EmbeddedEngine, req: GenerationRequest) -> None:
+    stream = engine.generate(req)
+    try:
+        await anext(stream)
+    finally:
+        await stream.aclose()
+
+
 async def test_prompt_too_long_is_refused_before_queueing(engine: EmbeddedEngine) -> None:
     waves = engine.waves
     with pytest.raises(InvalidRequest) as raised:
-        engine.generate(request(None, "hello " * 3000))
+        await first_chunk(engine, request(None, "hello " * 3000))
     assert raised.value.param == "prompt"
+    assert raised.value.code == "context_length_exceeded"
     assert "2048" in raised.value.message
     long_chat = [{"role": "user", "content": "hello " * 3000}]
     with pytest.raises(InvalidRequest) as raised:
-        engine.generate(request(None, messages=long_chat))
+        await first_chunk(engine, request(None, messages=long_chat))
     assert raised.value.param == "messages"
     with pytest.raises(InvalidRequest):
-        engine.generate(request(None, sampling=SamplingParams(max_tokens=2048)))
+        await first_chunk(engine, request(None, sampling=SamplingParams(max_tokens=2048)))
     assert engine.waves == waves
+
+
+async def test_a_huge_prompt_is_refused_without_being_encoded(engine: EmbeddedEngine) -> None:
+    """No tokenizer work for a prompt that cannot fit even if every token were the longest
+    in the vocabulary: ``generate`` refuses it before returning (encoding happens later)."""
+    with pytest.raises(InvalidRequest) as raised:
+        engine.generate(request(None, "x" * 1_000_000))
+    assert raised.value.code == "context_length_exceeded"
+    assert "at least" in raised.value.message
+
+
+async def test_long_prompts_are_encoded_off_the_event_loop(
+    engine: EmbeddedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    for attr in ("_tokenizer", "_thread_tokenizer"):
+        tokenizer = getattr(engine, attr)
+
+        def encode(*args: Any, _real: Any = tokenizer.encode, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(tokenizer, "encode", encode)
+    short = SamplingParams(max_tokens=1, temperature=0.0)
+    await collect(engine, request(None, "hello", short))
+    long = "hi " * (INLINE_ENCODE_CHARS // 3 + 1)
+    with contextlib.suppress(InvalidRequest):  # may be too long for the demo base: fine here
+        await first_chunk(engine, request(None, long, short))
+    assert threads[0] == threading.current_thread().name  # short: on the loop
+    assert threads[1].startswith("flywheel-encode")  # long: on the encoder thread
 
 
 async def test_dora_shares_a_wave_with_lora_rows(

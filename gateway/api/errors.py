@@ -51,7 +51,9 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     if not errors:
         return InvalidRequest("Invalid request body.")
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]  # where FastAPI found it; OpenAI's param is the name alone
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":

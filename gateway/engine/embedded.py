@@ -22,6 +22,7 @@ travel back through ``loop.call_soon_threadsafe`` into one ``asyncio.Queue`` per
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections import Counter, OrderedDict
@@ -111,6 +112,15 @@ class EmbeddedEngine:
         self._worker: EngineWorker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tokenizer: Any = None
+        # Long prompts are encoded on a thread of their own, with a tokenizer of its own: a
+        # 1 MB prompt takes ~0.7 s to encode, which on the event loop stalled every other
+        # tenant's stream.  Short ones (most) stay on the loop, where the hop would cost more
+        # than the encoding and rows submitted together still start in one wave.  A fast
+        # tokenizer used from two threads at once fails ("Already borrowed"), hence one
+        # instance per thread (the engine thread decodes with a third).
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, "flywheel-encode")
+        self._thread_tokenizer: Any = None
+        self._longest_token = 0  # characters; bounds a prompt's tokens from below, for free
         self._outbox: list[Row] = []
         self._resident: OrderedDict[str, AdapterRef] = OrderedDict()  # least recently used first
         self._in_flight: Counter[str] = Counter()
@@ -130,6 +140,7 @@ class EmbeddedEngine:
         from transformers import AutoTokenizer
 
         self._loop = asyncio.get_running_loop()
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, "flywheel-encode")
         worker = EngineWorker(
             self._base_model,
             device=self._device,
@@ -137,9 +148,11 @@ class EmbeddedEngine:
             max_batch_size=self._max_batch_size,
         )
         worker.start()
-        # The engine thread decodes with its own tokenizer; this one encodes on the event loop,
-        # because one fast tokenizer used from two threads can fail with "Already borrowed".
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self._base_model)
+        self._thread_tokenizer = await asyncio.to_thread(
+            AutoTokenizer.from_pretrained, self._base_model
+        )
+        self._longest_token = max(1, *map(len, self._tokenizer.get_vocab()))
         await asyncio.wrap_future(worker.started)
         self._worker = worker
 
@@ -152,6 +165,7 @@ class EmbeddedEngine:
         self._worker = None
         worker.stop()
         await asyncio.to_thread(worker.join)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
         self._resident.clear()
 
     def ready(self) -> bool:
@@ -263,17 +277,25 @@ class EmbeddedEngine:
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream deltas.  Closing the iterator (client gone) cancels the generation.
 
-        The prompt is tokenized and checked here, so an invalid request raises before
-        anything is queued.
+        The prompt is tokenized (on the encoder thread) and checked before anything is queued,
+        so an invalid request raises from the first ``anext``, before a response starts.  A
+        prompt that cannot fit even at the longest token's length per token is refused here,
+        without being encoded at all.
         """
         self._require_worker()
-        prompt_ids = self._prompt_ids(request)
-        self._check_length(request, len(prompt_ids))
-        return self._stream(request, prompt_ids)
+        chars = _prompt_chars(request)
+        self._check_length(request, -(-chars // max(1, self._longest_token)), at_least=True)
+        return self._stream(request)
 
-    async def _stream(
-        self, request: GenerationRequest, prompt_ids: list[int]
-    ) -> AsyncGenerator[GenerationChunk, None]:
+    async def _stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        loop = asyncio.get_running_loop()
+        if _prompt_chars(request) <= INLINE_ENCODE_CHARS:
+            prompt_ids = self._prompt_ids(request, self._tokenizer)
+        else:
+            prompt_ids = await loop.run_in_executor(
+                self._encoder, self._prompt_ids, request, self._thread_tokenizer
+            )
+        self._check_length(request, len(prompt_ids))
         name = request.adapter.engine_name if request.adapter is not None else None
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         row: Row | None = None
@@ -361,8 +383,7 @@ class EmbeddedEngine:
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        tokenizer = self._tokenizer
+    def _prompt_ids(self, request: GenerationRequest, tokenizer: Any) -> list[int]:
         if request.messages is not None:
             try:
                 text = tokenizer.apply_chat_template(
@@ -384,13 +405,16 @@ class EmbeddedEngine:
             raise InvalidRequest("the prompt is empty", param=_prompt_param(request))
         return ids
 
-    def _check_length(self, request: GenerationRequest, prompt_tokens: int) -> None:
+    def _check_length(
+        self, request: GenerationRequest, prompt_tokens: int, *, at_least: bool = False
+    ) -> None:
         max_tokens = request.sampling.max_tokens
         if max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
         if prompt_tokens + max_tokens > self.max_model_len:
+            size = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
             raise InvalidRequest(
-                f"The prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
+                f"The prompt is {size} tokens and max_tokens is {max_tokens}; together "
                 f"they exceed this model's maximum context length of {self.max_model_len} "
                 "tokens.  Shorten the prompt or lower max_tokens.",
                 param=_prompt_param(request),
@@ -401,6 +425,17 @@ class EmbeddedEngine:
         if self._worker is None:
             raise EngineUnavailable("the embedded engine is not running")
         return self._worker
+
+
+# Prompts up to this many characters are encoded on the event loop (~0.1 ms); longer ones on
+# the encoder thread.
+INLINE_ENCODE_CHARS = 8_192
+
+
+def _prompt_chars(request: GenerationRequest) -> int:
+    if request.messages is not None:
+        return sum(len(str(m.get("content") or "")) for m in request.messages)
+    return len(request.prompt or "")
 
 
 def _prompt_param(request: GenerationRequest) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -24,6 +24,18 @@ class TenantSettings(_Strict):
     gate_thresholds: dict[str, float] | None = None
     retrain_recipe: dict[str, Any] | None = None
     disabled: bool | None = None
+
+    # null resets a limit to the gateway's default; these settings have no "unset" state.
+    @field_validator(
+        "store_content", "cors_origins", "auto_promote", "retrain_enabled",
+        "retrain_min_feedback", "retrain_max_age_hours", "gate_thresholds", "retrain_recipe",
+        "disabled",
+    )  # fmt: skip
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may not be null (leave the field out to keep its value)")
+        return value
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)

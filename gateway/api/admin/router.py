@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from adapters import golden as golden_svc
@@ -21,6 +21,7 @@ from gateway.api.admin.protocol import (
     TenantCreate,
     TenantSettings,
 )
+from gateway.api.body import CheckedJSONRoute
 from gateway.api.deps import StateDep
 from gateway.db.models import (
     ApiKey,
@@ -38,7 +39,10 @@ from gateway.services import tenants as tenant_svc
 from gateway.state import AppState
 from retrain.plan import check_recipe
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+# Page sizes: a huge or negative limit is a 400 naming it, not an overflow in the driver.
+Limit500 = Annotated[int, Query(ge=1, le=500)]
+
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=CheckedJSONRoute)
 
 
 def _tenant(t: Tenant) -> dict[str, Any]:
@@ -251,12 +255,10 @@ async def add_golden(body: GoldenAdd, admin: AdminDep, state: StateDep) -> dict[
 
 @router.get("/rounds")
 async def rounds(
-    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: int = 50
+    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: Limit500 = 50
 ) -> list[dict[str, Any]]:
     async with state.db.session() as session:
-        stmt = (
-            select(TrainingRound).order_by(TrainingRound.created_at.desc()).limit(min(limit, 500))
-        )
+        stmt = select(TrainingRound).order_by(TrainingRound.created_at.desc()).limit(limit)
         if tenant:
             stmt = stmt.where(
                 TrainingRound.tenant_id == (await tenant_svc.get_tenant(session, tenant)).id
@@ -285,10 +287,10 @@ async def rounds(
 
 @router.get("/gate-reports")
 async def gate_reports(
-    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: int = 50
+    admin: AdminDep, state: StateDep, tenant: str | None = None, limit: Limit500 = 50
 ) -> list[dict[str, Any]]:
     async with state.db.session() as session:
-        stmt = select(GateReport).order_by(GateReport.created_at.desc()).limit(min(limit, 500))
+        stmt = select(GateReport).order_by(GateReport.created_at.desc()).limit(limit)
         if tenant:
             stmt = stmt.where(
                 GateReport.tenant_id == (await tenant_svc.get_tenant(session, tenant)).id
@@ -342,11 +344,11 @@ async def feedback_stats(admin: AdminDep, state: StateDep, tenant: str) -> dict[
 
 
 @router.get("/audit")
-async def audit_log(admin: AdminDep, state: StateDep, limit: int = 100) -> list[dict[str, Any]]:
+async def audit_log(
+    admin: AdminDep, state: StateDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
     async with state.db.session() as session:
-        rows = await session.scalars(
-            select(AuditEvent).order_by(AuditEvent.id.desc()).limit(min(limit, 1000))
-        )
+        rows = await session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
         cols = (
             "id",
             "actor",

@@ -43,6 +43,7 @@ from gateway.errors import (
     InvalidRequest,
     PermissionDenied,
 )
+from gateway.ratelimit import Limits
 from gateway.state import AppState
 
 log = logging.getLogger("flywheel.api.feedback")
@@ -157,6 +158,11 @@ class FeedbackServing:
     async def post(self) -> Response:
         try:
             auth = await self._authenticate()
+            # Before the body is read: a refused post (400, 404) is charged like any other.
+            rpm = self.state.settings.feedback_rpm_limit
+            await self.state.limiter.acquire(
+                f"{auth.tenant_id}:feedback", Limits(rpm=rpm, tpm=2**31 - 1), 0
+            )
             items = await self._items()
             stored = await record_feedback(
                 self.state.db,

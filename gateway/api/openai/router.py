@@ -11,10 +11,11 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from adapters.registry import tenant_models
-from gateway.api.body import parse_body
-from gateway.api.deps import StateDep, TenantDep, authenticate_request
+from gateway.api.body import M, parse_body
+from gateway.api.deps import AuthContext, StateDep, TenantDep, authenticate_request
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.serving import OpenAIServing
+from gateway.errors import FlywheelError
 
 
 class DirectRoute(APIRoute):
@@ -39,15 +40,26 @@ completions_router = APIRouter(prefix="/v1", tags=["openai"], route_class=Direct
 @completions_router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state, auth = await authenticate_request(request)
-    body = await parse_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
-    return await OpenAIServing(state).create("chat", auth, body)
+    serving = OpenAIServing(state)
+    body = await _parse(request, serving, auth, ChatCompletionRequest)
+    return await serving.create("chat", auth, body)
 
 
 @completions_router.post("/completions")
 async def completions(request: Request) -> Response:
     state, auth = await authenticate_request(request)
-    body = await parse_body(request, CompletionRequest, state.settings.max_body_bytes)
-    return await OpenAIServing(state).create("text", auth, body)
+    serving = OpenAIServing(state)
+    body = await _parse(request, serving, auth, CompletionRequest)
+    return await serving.create("text", auth, body)
+
+
+async def _parse(request: Request, serving: OpenAIServing, auth: AuthContext, model: type[M]) -> M:
+    """The body, validated; a refused one (400, 413) is charged to the tenant's limit."""
+    try:
+        return await parse_body(request, model, serving.state.settings.max_body_bytes)
+    except FlywheelError:
+        await serving.charge_refused(auth)
+        raise
 
 
 @router.get("/models")

@@ -6,6 +6,7 @@ the embedded engine and on vLLM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.streaming import EventStreamResponse
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
-from gateway.errors import FlywheelError, InvalidRequest, RateLimited
+from gateway.errors import FlywheelError, InvalidRequest, NotFound, RateLimited
 from gateway.ids import completion_id
 from gateway.ratelimit import Limits
 from gateway.state import AppState
@@ -172,6 +173,13 @@ class OpenAIServing:
             rpm=auth.tenant.rpm_limit or s.default_rpm, tpm=auth.tenant.tpm_limit or s.default_tpm
         )
 
+    async def charge_refused(self, auth: AuthContext) -> None:
+        """A request refused before it ran (a bad field, an unknown model) still takes one
+        request from the tenant's limit: refusals must not be a free way to load the gateway.
+        An empty bucket is not an error here; the refusal stands."""
+        with contextlib.suppress(RateLimited):
+            await self.state.limiter.acquire(auth.tenant.id, self._limits(auth), 0)
+
     async def retrieve_model(self, auth: AuthContext, model_id: str) -> dict[str, Any]:
         """``GET /v1/models/{id}``: resolved within the tenant, so another tenant's adapter is
         the same 404 as a missing one."""
@@ -183,16 +191,21 @@ class OpenAIServing:
     ) -> Response:
         settings = self.state.settings
         received_at, t_received = _now(), time.perf_counter()  # routing and limits count too
-        requested = body.requested_max_tokens()
-        if requested is not None and requested > settings.max_tokens_limit:
-            raise InvalidRequest(
-                f"max_tokens is {requested}, above this gateway's limit of "
-                f"{settings.max_tokens_limit}.",
-                param="max_completion_tokens" if kind == "chat" else "max_tokens",
-            )
-        # Every field the engine cannot honour is refused by name before anything runs.
-        body.check(self.state.engine.capabilities)
-        resolved = await self._resolve(auth.tenant.id, body.model)
+        limits = self._limits(auth)
+        try:
+            requested = body.requested_max_tokens()
+            if requested is not None and requested > settings.max_tokens_limit:
+                raise InvalidRequest(
+                    f"max_tokens is {requested}, above this gateway's limit of "
+                    f"{settings.max_tokens_limit}.",
+                    param="max_completion_tokens" if kind == "chat" else "max_tokens",
+                )
+            # Every field the engine cannot honour is refused by name before anything runs.
+            body.check(self.state.engine.capabilities)
+            resolved = await self._resolve(auth.tenant.id, body.model)
+        except (InvalidRequest, NotFound):
+            await self.charge_refused(auth)
+            raise
         logs.bind(tenant_id=auth.tenant.id, adapter_version=resolved.label)
         sampling = body.sampling(settings.default_max_tokens)
         if isinstance(body, ChatCompletionRequest):
@@ -201,7 +214,6 @@ class OpenAIServing:
             prompt_chars = len(body.prompt_text())
         # ~4 characters per token is the usual estimate; real usage is settled afterwards.
         estimate = prompt_chars // 4 + sampling.max_tokens
-        limits = self._limits(auth)
         try:
             await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
         except RateLimited:
