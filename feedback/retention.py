@@ -16,7 +16,7 @@ than that would still need these batched deletes, so they stay the general mecha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,8 @@ from feedback.export import trl_prompt
 from feedback.log import as_utc
 from gateway.db.models import Completion, Erasure, Feedback, Tenant, TrainingRound
 from gateway.db.session import Database
+from gateway.services import audit
+from gateway.services.audit import Actor
 
 if TYPE_CHECKING:
     from feedback.log import CompletionLog
@@ -78,11 +80,13 @@ async def forget_end_user(
     *,
     log: CompletionLog | None = None,
     batch_size: int = 5000,
+    by: Actor | None = None,
 ) -> Deleted:
     """Erase one end user: their completions, their feedback, and any feedback on their
     completions.  The erasure is recorded first: rows of theirs made before it that are still
     queued or spooled in any gateway are dropped when they reach the database, never written.
-    Pass the running ``log`` to push this process's queue through now."""
+    Pass the running ``log`` to push this process's queue through now, and ``by`` (the admin
+    API's caller, or the CLI's operator) for the audit row every erasure gets."""
     async with db.transaction() as session:
         session.add(Erasure(tenant_id=tenant_id, end_user=end_user, erased_at=datetime.now(UTC)))
     if log is not None:
@@ -104,6 +108,8 @@ async def forget_end_user(
     deleted.heldout_rows = await _scrub_rounds(db, tenant_id, prompts)
     if log is not None:  # other processes scrub theirs on their own schedule
         deleted.rejected_rows = await log.scrub_rejected()
+    async with db.transaction() as session:
+        audit.record_by(session, by, "feedback.forget", end_user, tenant_id, asdict(deleted))
     return deleted
 
 

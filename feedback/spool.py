@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 log = logging.getLogger("flywheel.spool")
 
@@ -66,6 +66,12 @@ def decode(line: str) -> Record:
     return Record(kind=kind, row=row)
 
 
+def _private(path: Path, mode: Literal["a", "w"]) -> TextIO:
+    """Open a text file created (if new) readable by this user only."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), mode, encoding="utf-8")
+
+
 def _fsync_dir(path: Path) -> None:
     # A new or removed directory entry is durable only once the directory itself is synced.
     fd = os.open(path, os.O_RDONLY)
@@ -80,7 +86,10 @@ class Spool:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Prompts and answers: readable by this user only (a 0644 default leaked them to every
+        # local account).
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
         # One process per spool directory: another process replaying (and unlinking) the
         # segment this one appends to would lose rows.  The lock dies with the process.
         self._lock_fd: int | None = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -163,7 +172,7 @@ class Spool:
         self._seq += 1
         name = f"seg-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
         self._current = self.directory / name
-        self._current.touch()
+        os.close(os.open(self._current, os.O_WRONLY | os.O_CREAT, 0o600))
         _fsync_dir(self.directory)
         self._current_rows = 0
 
@@ -180,7 +189,7 @@ class Spool:
     def reject(self, record: Record, error: str) -> None:
         """Keep a row the database refuses for its content, with the error, for a human."""
         line = f'{{"error":{json.dumps(error)},"record":{encode(record.kind, record.row)}}}\n'
-        with self._lock, open(self.directory / REJECTED, "a", encoding="utf-8") as fp:
+        with self._lock, _private(self.directory / REJECTED, "a") as fp:
             fp.write(line)
             fp.flush()
             os.fsync(fp.fileno())
@@ -200,7 +209,7 @@ class Spool:
             removed = len(lines) - len(kept)
             if removed:
                 tmp = path.with_name(REJECTED + ".tmp")
-                with open(tmp, "w", encoding="utf-8") as fp:
+                with _private(tmp, "w") as fp:
                     fp.writelines(kept)
                     fp.flush()
                     os.fsync(fp.fileno())

@@ -48,6 +48,21 @@ def test_tenant_and_key_commands_print_keys_only_and_are_audited(cli_env: Path) 
     assert key not in stored and all(len(h) == 64 for h in stored)  # hashes, never the key
 
 
+def test_feedback_forget_from_the_cli_is_audited(cli_env: Path) -> None:
+    """An erasure leaves an audit row whether the admin API or the CLI asked for it."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["tenants", "create", "acme"]).exit_code == 0
+    gone = runner.invoke(app, ["feedback", "forget", "--tenant", "acme", "--end-user", "alice"])
+    assert gone.exit_code == 0, gone.output
+    with sqlite3.connect(cli_env) as conn:
+        rows = conn.execute(
+            "SELECT actor, target, detail FROM audit_log WHERE action = 'feedback.forget'"
+        ).fetchall()
+    assert len(rows) == 1, rows
+    actor, target, detail = rows[0]
+    assert actor.startswith("cli:") and target == "alice" and '"feedback": 0' in detail
+
+
 def test_adapters_add_list_and_a_clear_refusal(
     cli_env: Path,
     demo_base: Path,

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from feedback.spool import Record
 from gateway.app import create_app
 from gateway.services.admin_tokens import local_admin_token
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
@@ -203,3 +204,32 @@ async def test_refused_completions_count_against_the_senders_limit(env: Env) -> 
     ok = {"model": "demo-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     statuses = [(await env.client.post(CHAT, json=ok, headers=auth)).status_code for _ in range(3)]
     assert statuses == [200, 200, 429], statuses  # 5 per minute: three were spent on refusals
+
+
+async def test_data_files_are_readable_by_their_owner_only(env: Env) -> None:
+    """The SQLite file (and its WAL) and the spool hold prompts and answers: 0600 / 0700."""
+    import stat
+
+    await env.client.post(
+        CHAT,
+        json={
+            "model": "demo-base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+        },
+        headers=env.key,
+    )
+    spool = env.state.completions._spool
+    spool.reject(Record("completion", {"id": "x", "tenant_id": "t"}), "test")
+    spool.append([("feedback", {"id": "y", "tenant_id": "t"})])
+    paths = [spool.directory, *spool.directory.iterdir()]
+    url = env.state.db.url
+    if url.startswith("sqlite"):
+        db_file = Path(url.split(":///", 1)[1])
+        paths += [p for p in db_file.parent.iterdir() if p.name.startswith(db_file.name)]
+    assert len(paths) >= 4
+    for path in paths:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+    for segment in spool.seal():  # what this test spooled must not replay into the database
+        spool.remove(spool.read(segment))

@@ -40,12 +40,13 @@ def export(
 def forget(tenant: str = typer.Option(...), end_user: str = typer.Option(...)) -> None:
     """Erase an end user's completions and feedback."""
     from feedback.retention import forget_end_user
+    from gateway.services.audit import cli_actor
     from gateway.services.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> object:
         async with db.session() as session:
             t = await get_tenant(session, tenant)
-        return await forget_end_user(db, t.id, end_user)
+        return await forget_end_user(db, t.id, end_user, by=cli_actor())
 
     out(f"erased: {run_db(go)}")
 

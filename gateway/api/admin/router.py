@@ -369,8 +369,7 @@ async def forget(body: Forget, admin: AdminDep, state: StateDep) -> dict[str, An
 
     async with state.db.session() as session:
         tenant = await tenant_svc.get_tenant(session, body.tenant)
-    deleted = await forget_end_user(state.db, tenant.id, body.end_user, log=state.completions)
-    await _audited(
-        state, admin, "feedback.forget", body.end_user, tenant.id, deleted=asdict(deleted)
+    deleted = await forget_end_user(
+        state.db, tenant.id, body.end_user, log=state.completions, by=admin
     )
     return {"tenant": body.tenant, "end_user": body.end_user, **asdict(deleted)}
