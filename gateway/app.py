@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from gateway import metrics
 from gateway.api import errors as api_errors
 from gateway.api import health
+from gateway.api import openapi as api_openapi
 from gateway.api.middleware import RequestIdMiddleware
 from gateway.api.openai.router import completions_router
 from gateway.api.openai.router import router as openai_router
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.add_middleware(RequestIdMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
     api_errors.install(app)
+    api_openapi.install(app)
     app.include_router(health.router)
     app.include_router(completions_router)
     app.include_router(openai_router)
