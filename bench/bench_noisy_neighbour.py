@@ -1,13 +1,15 @@
 """Noisy neighbour: tenant B's latency while tenant A sends oversized prompts at its allowed rate.
 
-One ``flywheel serve`` process (embedded engine, SQLite, the demo base unless ``--base``), the
-two demo tenants.  B sends one short chat completion at a time; A sends, at ``--a-rps`` (under
+One ``flywheel serve`` process (embedded engine, SQLite, the demo base unless ``--base``), two
+tenants.  B sends one short chat completion at a time; A sends, at ``--a-rps`` (under
 its request limit), chat requests whose prompt can never fit: either ~950 KB (refused before it
 is encoded, by the prompt's length alone) or just short of that bound (encoded, on the encoder
 thread, then refused).  Phases alternate (B alone, B with A huge, B with A long, ...) so drift
 hits all of them alike; the table gives B's p50 and p95 per phase and the ratio to B alone.
 
     .venv/bin/python -m bench.bench_noisy_neighbour [--rounds 3] [--seconds 8]
+    .venv/bin/python -m bench.bench_noisy_neighbour --base .flywheel/models/smollm2-135m-instruct \
+        --long-chars 140000     # SmolLM2 (`make base` and one `flywheel serve` convert it)
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 
 from adapters.demo import build_demo_base
-from tests.helpers import free_port, wait_until_up
+from tests.helpers import free_port, start_serve, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,14 +76,14 @@ async def run(url: str, keys: dict[str, str], args: argparse.Namespace) -> dict[
     long_chars = int(args.long_chars)
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         for _ in range(3):  # warm-up
-            await b_loop(http, keys["demo-globex"], time.perf_counter() + 0.5)
+            await b_loop(http, keys["b"], time.perf_counter() + 0.5)
         for _ in range(args.rounds):
             for phase in phases:
                 until = time.perf_counter() + args.seconds
-                jobs: list[Any] = [b_loop(http, keys["demo-globex"], until)]
+                jobs: list[Any] = [b_loop(http, keys["b"], until)]
                 if phase != "alone":
                     chars = 950_000 if phase == "A huge" else long_chars
-                    jobs.append(a_loop(http, keys["demo-acme"], until, args.a_rps, chars))
+                    jobs.append(a_loop(http, keys["a"], until, args.a_rps, chars))
                 results = await asyncio.gather(*jobs)
                 phases[phase].extend(results[0])
                 if phase != "alone":
@@ -118,27 +119,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "FLYWHEEL_BASE_MODEL_NAME": "demo-base",
             "FLYWHEEL_PORT": str(port),
             "FLYWHEEL_LOG_LEVEL": "WARNING",
+            "FLYWHEEL_DEMO_BOOTSTRAP": "false",  # two plain tenants, made below
         }
         for name in ("FLYWHEEL_DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR"):
             env.pop(name, None)
         log = root / "serve.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli.main", "serve"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_serve(env, log)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_up(f"{url}/readyz", proc, log, timeout=600, interval=0.5)
-            keys = dict(re.findall(r"^\s+(demo-\w+)\s+(fw-\S+)", log.read_text(), re.MULTILINE))
+            cli = [sys.executable, "-m", "gateway.cli.main", "tenants", "create"]
             # B is measured, not limited; A keeps the default 600/min, above its send rate.
-            update = [sys.executable, "-m", "gateway.cli.main", "tenants", "update", "demo-globex"]
-            subprocess.run(
-                [*update, "--rpm", "1000000", "--tpm", "100000000"], env=env, cwd=ROOT, check=True
-            )
+            keys = {
+                name: subprocess.run(
+                    [*cli, name, *limits], env=env, cwd=ROOT, check=True, capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                for name, limits in (("a", []), ("b", ["--rpm", "1000000", "--tpm", "100000000"]))
+            }  # fmt: skip
             r = asyncio.run(run(url, keys, args))
         finally:
             proc.terminate()

@@ -4,8 +4,10 @@ tenants, ports, and waiting for a server process to come up."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -119,3 +121,23 @@ async def serve_on_socket(app: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_serve(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``flywheel serve`` as its own process, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.main", "serve", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def demo_keys(printed: str) -> dict[str, str]:
+    """The demo tenants' keys, as the first start prints them."""
+    return dict(re.findall(r"^\s+(demo-\w+)\s+(fw-\S+)", printed, re.MULTILINE))

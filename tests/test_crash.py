@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +22,8 @@ from sqlalchemy import func, select
 
 from gateway.db.models import Completion, Feedback
 from gateway.db.session import Database
-from tests.helpers import free_port, wait_until_up
+from tests.helpers import demo_keys, free_port, start_serve, wait_until_up
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
 CLIENTS = 8
@@ -41,17 +37,6 @@ MIN_ACKED = int(os.environ.get("FLYWHEEL_CRASH_MIN_ACKED", "300"))
 class Acked:
     completions: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
-
-
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def client_loop(url: str, key: str, n: int, acked: Acked, stop: asyncio.Event) -> None:
@@ -112,13 +97,13 @@ async def test_sigkill_under_load_loses_no_acknowledged_row(
     acked = Acked()
     key = ""
     for run in range(KILLS):
-        proc = start(env, log)
+        proc = start_serve(env, log)
         try:
             await asyncio.to_thread(
                 wait_until_up, f"{url}/readyz", proc, log, timeout=180, interval=0.3
             )
             if not key:
-                key = re.findall(r"^\s+demo-acme\s+(fw-\S+)", log.read_text(), re.MULTILINE)[0]
+                key = demo_keys(log.read_text())["demo-acme"]
             stop = asyncio.Event()
             clients = [
                 asyncio.create_task(client_loop(url, key, n, acked, stop)) for n in range(CLIENTS)
@@ -140,7 +125,7 @@ async def test_sigkill_under_load_loses_no_acknowledged_row(
 
     # One more start: it replays what the killed runs journaled, then stops cleanly.
     offset = len(log.read_text())
-    proc = start(env, log)
+    proc = start_serve(env, log)
     try:
         await asyncio.to_thread(wait_until_up, f"{url}/readyz", proc, log, timeout=180)
         proc.send_signal(signal.SIGTERM)

@@ -11,9 +11,6 @@ raise it for a longer hunt (``FLYWHEEL_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +26,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import free_port, wait_until_up
+from tests.helpers import demo_keys, free_port, start_serve, wait_until_up
 
-REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "fuzz-admin-token-at-least-32-characters"
 EXAMPLES = int(os.environ.get("FLYWHEEL_FUZZ_EXAMPLES", "25"))
 pytestmark = pytest.mark.slow
@@ -57,18 +53,11 @@ def gateway(demo_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_serve(env, log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/readyz", proc, log, timeout=180, interval=0.3)
-        key = re.findall(r"^\s+demo-acme\s+(fw-\S+)", log.read_text(), re.MULTILINE)[0]
+        key = demo_keys(log.read_text())["demo-acme"]
         yield {"url": url, "key": key}
     finally:
         proc.terminate()

@@ -101,6 +101,21 @@ class Capabilities:
     fields: frozenset[str]
 
 
+# The sampling controls beyond OpenAI's basics that both engines honour (vLLM natively, the
+# embedded engine as logits processors, gateway/engine/embedded_logits.py).
+SAMPLING_EXTRAS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "min_tokens",
+    }
+)
+
+
 # Called before any adapter is loaded; raises AdapterLoadRefused when it must not be.
 Verifier = Callable[[AdapterRef], None]
 

@@ -37,6 +37,7 @@ from jinja2 import TemplateError
 from adapters.demo import is_demo_base
 from gateway import metrics
 from gateway.engine.base import (
+    SAMPLING_EXTRAS,
     AdapterRef,
     Capabilities,
     GenerationChunk,
@@ -74,20 +75,7 @@ class EmbeddedEngine:
 
     # What embedded_logits implements; the rest (tools, n, logprobs, response_format, ...) is
     # refused by name.  docs/api.md has the table.
-    capabilities = Capabilities(
-        "embedded",
-        frozenset(
-            {
-                "top_k",
-                "min_p",
-                "repetition_penalty",
-                "presence_penalty",
-                "frequency_penalty",
-                "logit_bias",
-                "min_tokens",
-            }
-        ),
-    )
+    capabilities = Capabilities("embedded", SAMPLING_EXTRAS)
 
     def __init__(
         self,

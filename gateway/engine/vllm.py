@@ -30,6 +30,7 @@ import httpx
 from gateway import metrics
 from gateway.config import Settings
 from gateway.engine.base import (
+    SAMPLING_EXTRAS,
     AdapterRef,
     Capabilities,
     GenerationChunk,
@@ -71,20 +72,7 @@ class VLLMEngine:
     # logprobs, echo, ...) needs response shapes the gateway does not build yet: refused.
     capabilities = Capabilities(
         "vLLM",
-        frozenset(
-            {
-                "top_k",
-                "min_p",
-                "repetition_penalty",
-                "presence_penalty",
-                "frequency_penalty",
-                "logit_bias",
-                "min_tokens",
-                "response_format",
-                "continue_final_message",
-                "add_generation_prompt",
-            }
-        ),
+        SAMPLING_EXTRAS | {"response_format", "continue_final_message", "add_generation_prompt"},
     )
 
     def __init__(
