@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test check bench install install-dev base vllm clean
+.PHONY: serve test check bench install install-dev base vllm clean import-graph
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -45,10 +45,15 @@ serve: $(VENV)/.installed-train base
 test: $(VENV)/.installed-dev base vllm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Which layer imports which, and any two-way pair (there should be none).
+import-graph: $(VENV)/.installed-dev
+	$(PY) tools/import_graph.py --no-type-checking
+
 check: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway adapters feedback retrain
+	$(VENV)/bin/lint-imports
 
 # LiteLLM's proxy, the gateway-overhead benchmark's comparison, in a venv of its own so it never
 # changes the project's packages.

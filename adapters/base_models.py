@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -28,9 +29,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import FlywheelError
+from adapters.validate import BaseSpec, base_spec
+from gateway.core.config import Settings
+from gateway.core.errors import FlywheelError
 
 MANIFEST = "flywheel-base.json"
+
+
+log = logging.getLogger("flywheel.base_models")
 
 
 class BaseModelError(FlywheelError):
@@ -213,3 +219,51 @@ def convert(dest: Path, source: WheelSource = SMOLLM2, cache_dir: Path | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# FLYWHEEL_BASE_MODEL values that name a built-in base rather than a path or hub id.
+DEFAULT_BASE = "smollm2-135m-instruct"  # the real default, from a registry package
+TINY_BASE = "tiny-random"  # random weights, seconds to build: for fast unit tests only
+DEMO_BASE_NAME = "flywheel-demo-base"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    path: Path
+    name: str
+
+    def spec(self) -> BaseSpec:
+        return base_spec(self.path, self.name)
+
+
+def resolve_base(settings: Settings, *, build: bool = True) -> BaseModel:
+    """The configured base: SmolLM2 by default, the tiny random base, a local path or hub id.
+
+    SmolLM2 is converted once from the wheel that ``make base`` fetched, then verified against
+    its manifest on every start; nothing is downloaded here.
+    """
+    choice = settings.base_model or DEFAULT_BASE
+    if choice == DEFAULT_BASE:
+        path = settings.data_dir / "models" / DEFAULT_BASE
+        if build:
+            if (path / "config.json").exists():
+                verify(path)
+            else:
+                log.info("converting %s into %s (first start only)", SMOLLM2.name, path)
+                convert(path, SMOLLM2)
+        return BaseModel(path, settings.base_model_name or SMOLLM2.name)
+    if choice == TINY_BASE:
+        path = settings.data_dir / "models" / "demo-base"
+        if build:
+            from adapters.demo import build_demo_base
+
+            build_demo_base(path)
+        return BaseModel(path, settings.base_model_name or DEMO_BASE_NAME)
+    local = Path(choice).expanduser()
+    if local.exists():
+        return BaseModel(local.resolve(), settings.base_model_name or local.name)
+    # A hub id: use the local cache only; nothing is downloaded at run time.
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(choice, local_files_only=True))
+    return BaseModel(path, settings.base_model_name or choice)

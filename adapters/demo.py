@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_MARKER = "flywheel-demo.json"
+from gateway.engine.base import DEMO_MARKER, is_demo_base
 
 # Enough text to give the BPE merges something to learn; the content is irrelevant.
 _CORPUS = """\
@@ -44,10 +44,6 @@ SPECIAL_TOKENS = [
     "<|user|>",
     "<|assistant|>",
 ]
-
-
-def is_demo_base(path: Path) -> bool:
-    return (path / DEMO_MARKER).exists()
 
 
 def build_tokenizer(dest: Path, vocab_size: int = 512) -> Any:

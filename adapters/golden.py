@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import Adapter, GoldenSet
-from gateway.errors import InvalidRequest, NotFound
-from gateway.ids import new_id
+from gateway.core.db.models import Adapter, GoldenSet
+from gateway.core.errors import InvalidRequest, NotFound
+from gateway.core.ids import new_id
 
 CHECK_TYPES = {"json", "json_schema", "contains", "not_contains", "regex", "max_length"}
 

@@ -28,13 +28,12 @@ from typing import Any
 from sqlalchemy import select
 
 from adapters.registry import SERVABLE_STATES, engine_name, get_adapter, get_version, set_route
-from gateway import metrics
-from gateway.db.models import Adapter, AdapterVersion, RouteEvent
-from gateway.db.session import Database
+from gateway.core import audit, metrics
+from gateway.core.db.models import Adapter, AdapterVersion, RouteEvent
+from gateway.core.db.session import Database
+from gateway.core.errors import Conflict, EngineError, FlywheelError
+from gateway.core.tenants import get_tenant
 from gateway.engine.base import AdapterRef, Engine, GenerationRequest, SamplingParams
-from gateway.errors import Conflict, EngineError, FlywheelError
-from gateway.services import audit
-from gateway.services.tenants import get_tenant
 
 log = logging.getLogger("flywheel.promotion")
 

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.artifacts import store_adapter
 from adapters.validate import BaseSpec, inspect_adapter
-from gateway.db.models import Adapter, AdapterVersion, RouteEvent, Tenant
-from gateway.errors import AdapterInvalid, InvalidRequest, NotFound
-from gateway.ids import new_id
+from gateway.core.db.models import Adapter, AdapterVersion, RouteEvent, Tenant
+from gateway.core.errors import AdapterInvalid, InvalidRequest, NotFound
+from gateway.core.ids import new_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SERVABLE_STATES = ("ready", "passed")

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from model_signing import hashing, signing, verifying
 
+from gateway.core.config import Settings
+from gateway.core.errors import AdapterLoadRefused, InvalidRequest
 from gateway.engine.base import AdapterRef, Verifier
-from gateway.errors import AdapterLoadRefused, InvalidRequest
 
 log = logging.getLogger(__name__)
 # model-signing's ``Config.__init__`` carries no annotations, hence the ``no-untyped-call``
@@ -292,3 +293,61 @@ def make_verifier(
             raise
 
     return verify
+
+
+def signing_keys(settings: Settings) -> tuple[Path | None, Path | None]:
+    """(private, public) key paths; in development a keypair is created under data_dir."""
+    default_dir = settings.data_dir / "signing"
+    private = settings.signing_private_key or default_dir / "signing.key"
+    public = settings.signing_public_key or default_dir / "signing.pub"
+    if (
+        settings.environment == "development"
+        and not public.exists()
+        and settings.signing_public_key is None
+    ):
+        private, public = generate_keypair(default_dir)
+        log.info("created a development signing keypair in %s", default_dir)
+    return (private if private.exists() else None, public if public.exists() else None)
+
+
+def adapter_signer(settings: Settings) -> Callable[[Path], Path] | None:
+    """Sign an adapter directory the way this deployment signs; None where it cannot sign.
+
+    ``key`` mode signs with the ops private key (absent on gateway hosts, by design);
+    ``sigstore`` mode signs keylessly (an OIDC identity, Fulcio, Rekor: needs the network).
+    The callable returns the signature's path, written beside (never inside) the directory.
+    """
+    if settings.signing_mode == "sigstore":
+        token = settings.signing_identity_token
+        return lambda path: sign_adapter_sigstore(
+            path,
+            signature_path_for(path),
+            use_staging=settings.signing_sigstore_staging,
+            identity_token=token.get_secret_value() if token else None,
+        )
+    private, _ = signing_keys(settings)
+    if private is None:
+        return None
+    return lambda path: sign_adapter(path, private, signature_path_for(path))
+
+
+def adapter_verifier(
+    settings: Settings,
+    on_refused: Callable[[AdapterRef, str], None] | None = None,
+    *,
+    required: bool | None = None,
+) -> Verifier:
+    """The signature check every engine runs before a load (key or Sigstore, per settings)."""
+    required = settings.require_signed_adapters if required is None else required
+    if settings.signing_mode == "sigstore":
+        identity = SigstoreIdentity(
+            *settings.sigstore_identity(), use_staging=settings.signing_sigstore_staging
+        )
+        return make_verifier(None, required=required, on_refused=on_refused, sigstore=identity)
+    _, public = signing_keys(settings)
+    return make_verifier(public, required=required, on_refused=on_refused)
+
+
+def check_signature(settings: Settings, path: Path, version_id: str) -> None:
+    """Verify a stored adapter's signature now; raises AdapterLoadRefused when it fails."""
+    adapter_verifier(settings, required=True)(AdapterRef("verify", path, version_id))

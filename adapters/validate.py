@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.artifacts import REQUIRED_FILES
-from gateway.errors import AdapterInvalid
+from gateway.core.errors import AdapterInvalid
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ health route (the gateway's ``/healthz``, vLLM's ``/health``).
 
 The first start converts SmolLM2-135M-Instruct from the wheel ``make base`` fetched (it must be
 in the cache already: nothing is downloaded here) and bootstraps the demo tenants, training
-their house-style adapters on the real base (gateway/bootstrap.py). Its log lines are time-
+their house-style adapters on the real base (gateway/services/bootstrap.py). Its log lines are time-
 stamped as they arrive, so the table splits the start into its phases. The machine is shared
 with other work: seconds here are this run's, not a constant.
 
@@ -31,7 +31,7 @@ import httpx
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-# Log lines that open a phase of the first start (gateway/bootstrap.py, adapters/base_models.py).
+# Log lines that open a phase of the first start (gateway/services/bootstrap.py, adapters/base_models.py).
 PHASES = (
     ("converting", re.compile(r"converting .* \(first start only\)")),
     ("training", re.compile(r"training the demo .* house style")),

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.learning_data import HELDOUT_PROMPTS, RULES, TRAIN_PROMPTS, Rule
-from gateway.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "models" / "smollm2-135m-instruct-0.1.2"

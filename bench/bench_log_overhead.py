@@ -28,7 +28,7 @@ from adapters.demo import build_demo_adapter, build_demo_base
 from feedback.journal import Journal
 from feedback.log import CompletionLog
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.core.config import Settings
 from tests.helpers import make_settings, running_app, seed_tenant
 
 BODY = {
@@ -96,7 +96,7 @@ async def run(requests: int, blocks: int) -> dict[str, Any]:
             async with running_app(app) as client:
                 state = app.state.flywheel
                 tenant = await seed_tenant(state.db, settings, "bench", {"bot": adapter})
-                from gateway.services.tenants import update_tenant
+                from gateway.core.tenants import update_tenant
 
                 async with state.db.transaction() as session:
                     await update_tenant(session, "bench", rpm_limit=2**31 - 1, tpm_limit=2**31 - 1)

@@ -30,10 +30,10 @@ from typing import Any, cast
 from sqlalchemy import Table, func, insert, select
 
 from feedback.log import CompletionLog, normalize
-from gateway.config import Settings
-from gateway.db.migrate import upgrade_sync
-from gateway.db.models import Completion
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.migrate import upgrade_sync
+from gateway.core.db.models import Completion
+from gateway.core.db.session import Database
 
 ADMIN_URL = os.environ.get(
     "FLYWHEEL_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

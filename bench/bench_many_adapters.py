@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
 from tests.helpers import free_port, wait_until_up

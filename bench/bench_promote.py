@@ -20,7 +20,7 @@ from typing import Any
 
 from adapters.demo import build_demo_adapter, build_demo_base
 from gateway.app import create_app
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
 from tests.helpers import make_settings, running_app, seed_tenant
 
 BODY = {
@@ -42,8 +42,8 @@ async def run(cycles: int, clients: int) -> dict[str, Any]:
         async with running_app(app) as client:
             db = app.state.flywheel.db
             tenant = await seed_tenant(db, settings, "bench", {"bot": a1})
+            from gateway.core.tenants import update_tenant
             from gateway.services.adapters import add_adapter
-            from gateway.services.tenants import update_tenant
 
             async with db.transaction() as session:
                 await add_adapter(

@@ -39,10 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.diff import unified
 from feedback.log import as_utc
-from gateway.db.models import Adapter, Completion, Feedback
-from gateway.db.session import Database
-from gateway.errors import InvalidRequest, NotFound
-from gateway.services.tenants import get_tenant
+from gateway.core.db.models import Adapter, Completion, Feedback
+from gateway.core.db.session import Database
+from gateway.core.errors import InvalidRequest, NotFound
+from gateway.core.tenants import get_tenant
 
 log = logging.getLogger("flywheel.export")
 

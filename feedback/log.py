@@ -41,9 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.journal import Journal
 from feedback.spool import Record, Spool
-from gateway.db.errors import is_row_error
-from gateway.db.models import Completion, Erasure, Feedback
-from gateway.db.session import Database
+from gateway.core.db.errors import is_row_error
+from gateway.core.db.models import Completion, Erasure, Feedback
+from gateway.core.db.session import Database
 
 log = logging.getLogger("flywheel.completion_log")
 

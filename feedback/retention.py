@@ -24,10 +24,10 @@ from sqlalchemy import ColumnElement, delete, select
 
 from feedback.export import trl_prompt
 from feedback.log import as_utc
-from gateway.db.models import Completion, Erasure, Feedback, Tenant, TrainingRound
-from gateway.db.session import Database
-from gateway.services import audit
-from gateway.services.audit import Actor
+from gateway.core import audit
+from gateway.core.audit import Actor
+from gateway.core.db.models import Completion, Erasure, Feedback, Tenant, TrainingRound
+from gateway.core.db.session import Database
 
 if TYPE_CHECKING:
     from feedback.log import CompletionLog

@@ -22,7 +22,7 @@ import json
 import time
 from functools import lru_cache
 
-from gateway.errors import AuthenticationError
+from gateway.core.errors import AuthenticationError
 
 PREFIX = "fbt."
 SALT = b"flywheel.feedback-token.v2"

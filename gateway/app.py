@@ -9,32 +9,29 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import metrics
+from adapters.base_models import resolve_base
+from adapters.signing import adapter_verifier
 from gateway.api import errors as api_errors
 from gateway.api import health
 from gateway.api import openapi as api_openapi
 from gateway.api.middleware import RequestIdMiddleware
 from gateway.api.openai.router import completions_router
 from gateway.api.openai.router import router as openai_router
-from gateway.bootstrap import (
-    adapter_verifier,
-    demo_bootstrap,
-    print_demo_keys,
-    resolve_base,
-)
-from gateway.cache import StaleIfErrorCache
-from gateway.config import Settings, get_settings
-from gateway.db.migrate import upgrade
-from gateway.db.session import Database
+from gateway.core import metrics
+from gateway.core.cache import StaleIfErrorCache
+from gateway.core.config import Settings, get_settings
+from gateway.core.db.migrate import upgrade
+from gateway.core.db.session import Database
+from gateway.core.ratelimit import InMemoryRateLimiter, RateLimiter
 from gateway.engine.base import Engine
-from gateway.ratelimit import InMemoryRateLimiter, RateLimiter
+from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
 from gateway.state import AppState
 
 log = logging.getLogger("flywheel")
 
 
 async def build_engine(settings: Settings, db: Database) -> Engine:
-    from gateway.services.audit import refused_load_recorder
+    from gateway.core.audit import refused_load_recorder
 
     verifier = adapter_verifier(
         settings, on_refused=refused_load_recorder(db, asyncio.get_running_loop())
@@ -60,7 +57,7 @@ async def build_engine(settings: Settings, db: Database) -> Engine:
 
 def build_limiter(settings: Settings) -> RateLimiter:
     if settings.redis_url:
-        from gateway.ratelimit_redis import RedisRateLimiter
+        from gateway.core.ratelimit_redis import RedisRateLimiter
 
         return RedisRateLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
     return InMemoryRateLimiter()
@@ -71,7 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from adapters.promotion import Promoter
     from feedback.log import CompletionLog
     from feedback.pending import SharedPending
-    from gateway.services.admin_tokens import ensure_dev_admin_token
+    from gateway.core.admin_tokens import ensure_dev_admin_token
 
     settings: Settings = app.state.settings
     settings.check_production()
@@ -155,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def worker_app() -> FastAPI:
     """The app of one ``flywheel serve --workers N`` process (uvicorn's factory): each worker
     is a fresh interpreter, so it configures its own logging from the same settings."""
-    from gateway.logs import configure_logging
+    from gateway.core.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings)

@@ -5,18 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.cache import StaleIfErrorCache
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.cache import StaleIfErrorCache
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 if TYPE_CHECKING:
     from adapters.promotion import Promoter
     from adapters.registry import Resolved
     from feedback.log import CompletionLog
     from feedback.pending import SharedPending
-    from gateway.db.models import ApiKey, Tenant
+    from gateway.core.db.models import ApiKey, Tenant
+    from gateway.core.ratelimit import RateLimiter
     from gateway.engine.base import Engine
-    from gateway.ratelimit import RateLimiter
 
 
 @dataclass

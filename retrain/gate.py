@@ -17,19 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.base_models import BaseModel, resolve_base
 from adapters.golden import golden_for_gate
 from adapters.promotion import adapter_ref
 from adapters.registry import get_adapter, get_version
-from gateway import metrics
-from gateway.bootstrap import BaseModel, adapter_signer, resolve_base
-from gateway.config import Settings
-from gateway.db.models import AdapterVersion, GateReport, TrainingRound
-from gateway.db.session import Database
+from adapters.signing import adapter_signer
+from gateway.core import audit, metrics
+from gateway.core.config import Settings
+from gateway.core.db.models import AdapterVersion, GateReport, TrainingRound
+from gateway.core.db.session import Database
+from gateway.core.errors import Conflict, InvalidRequest
+from gateway.core.ids import new_id
+from gateway.core.tenants import get_tenant
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
-from gateway.errors import Conflict, InvalidRequest
-from gateway.ids import new_id
-from gateway.services import audit
-from gateway.services.tenants import get_tenant
 from retrain.checks import run_checks
 from retrain.gate_rules import (
     Improvement,

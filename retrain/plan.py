@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from gateway.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest
 
 Method: TypeAlias = Literal["kto", "dpo", "sft", "orpo", "simpo"]
 METHODS: tuple[Method, ...] = ("dpo", "kto", "sft", "orpo", "simpo")

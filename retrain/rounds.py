@@ -20,17 +20,17 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from adapters.base_models import resolve_base
 from adapters.golden import golden_for_gate
 from adapters.registry import add_version, get_adapter
 from feedback.export import FEEDBACK_COMPLETION, FeedbackRow, select_rows, to_dpo, to_kto
 from feedback.log import as_utc
-from gateway import metrics
-from gateway.bootstrap import resolve_base
-from gateway.config import Settings
-from gateway.db.models import AdapterVersion, Completion, Feedback, Tenant, TrainingRound
-from gateway.db.session import Database
-from gateway.ids import new_id
-from gateway.services.tenants import get_tenant
+from gateway.core import metrics
+from gateway.core.config import Settings
+from gateway.core.db.models import AdapterVersion, Completion, Feedback, Tenant, TrainingRound
+from gateway.core.db.session import Database
+from gateway.core.ids import new_id
+from gateway.core.tenants import get_tenant
 from retrain.plan import (
     PAIR_METHODS,
     DPORow,

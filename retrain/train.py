@@ -49,7 +49,7 @@ from trl import (  # type: ignore[attr-defined]
     SFTTrainer,
 )
 
-from gateway.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest
 from retrain.plan import METHODS, DPORow, Hyperparameters, KTORow, Method
 
 Progress = Callable[[dict[str, Any]], None]

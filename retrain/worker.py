@@ -27,11 +27,11 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from feedback.export import FEEDBACK_COMPLETION
-from gateway.config import Settings
-from gateway.db.models import Adapter, Completion, Feedback, Tenant, TrainingRound
-from gateway.db.session import Database
-from gateway.errors import Conflict, FlywheelError
-from gateway.ids import new_id
+from gateway.core.config import Settings
+from gateway.core.db.models import Adapter, Completion, Feedback, Tenant, TrainingRound
+from gateway.core.db.session import Database
+from gateway.core.errors import Conflict, FlywheelError
+from gateway.core.ids import new_id
 
 log = logging.getLogger("flywheel.worker")
 ACTIVE = ("queued", "running")
@@ -239,7 +239,7 @@ async def recover(db: Database, settings: Settings, now: datetime | None = None)
 
 async def process(db: Database, settings: Settings, row: TrainingRound, worker: str) -> None:
     """Run one claimed round, heartbeating while it trains."""
-    from gateway.services.tenants import get_tenant  # noqa: F401  (keeps import order obvious)
+    from gateway.core.tenants import get_tenant  # noqa: F401  (keeps import order obvious)
     from retrain.rounds import prepare, run_round
 
     async with db.session() as session:
@@ -313,7 +313,7 @@ async def _auto_promote(
     db: Database, settings: Settings, round_id: str, tenant: str, adapter: str, outcome: Any
 ) -> None:
     """Promote a passed candidate through the gateway; a failure is kept on the round."""
-    from gateway.services.swap import remote_swap
+    from adapters.remote import remote_swap
 
     try:
         await remote_swap(

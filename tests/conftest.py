@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from gateway.db.session import Database
+from gateway.core.db.session import Database
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated database URL, once per backend per session."""
-    from gateway.db.migrate import upgrade_sync
+    from gateway.core.db.migrate import upgrade_sync
 
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'flywheel.db'}"

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 METRICS_TOKEN = "test-metrics-token"  # what Prometheus would send; make_settings sets it
 METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -50,8 +50,8 @@ async def seed_tenant(
     db: Database, settings: Settings, name: str, adapters: dict[str, Path]
 ) -> SeededTenant:
     """A tenant with one key and the given adapters (signed with the development key)."""
+    from gateway.core.tenants import create_key, create_tenant
     from gateway.services.adapters import add_adapter
-    from gateway.services.tenants import create_key, create_tenant
 
     async with db.transaction() as session:
         tenant = await create_tenant(session, name)

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from adapters.validate import base_spec, base_spec_from_config, inspect_adapter
-from gateway.errors import AdapterInvalid
+from gateway.core.errors import AdapterInvalid
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.db.models import AuditEvent, Completion
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
+from gateway.core.db.models import AuditEvent, Completion
 from tests.helpers import METRICS_AUTH, SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -201,7 +201,7 @@ def test_metric_names_match_deploy_list() -> None:
     """The dashboard references deploy/metrics.txt; the code exports exactly those names."""
     from prometheus_client import REGISTRY
 
-    from gateway import metrics
+    from gateway.core import metrics
 
     listed = set((Path(__file__).parent.parent / "deploy" / "metrics.txt").read_text().split())
     live = metrics.LiveCollector(lambda: metrics.LiveState(0, 0, {}))
@@ -273,8 +273,8 @@ async def test_limits_feedback_and_the_tenant_label_switch(
 ) -> None:
     """Rate-limit refusals and feedback kinds per tenant; FLYWHEEL_METRICS_TENANT_LABEL=false
     collapses the tenant label (cardinality) to "all"."""
-    from gateway import metrics
-    from gateway.services.tenants import update_tenant
+    from gateway.core import metrics
+    from gateway.core.tenants import update_tenant
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'flywheel.db'}"
     settings = make_settings(tmp_path, url, demo_base, metrics_tenant_label=False)

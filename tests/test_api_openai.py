@@ -13,7 +13,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from gateway.app import create_app
-from gateway.db.session import Database
+from gateway.core.db.session import Database
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -284,7 +284,7 @@ async def test_nul_characters_are_served_and_logged(gw: Gateway) -> None:
     """U+0000 from a client (or a model) reaches the log on PostgreSQL too, as U+FFFD."""
     from sqlalchemy import select
 
-    from gateway.db.models import Completion, Feedback
+    from gateway.core.db.models import Completion, Feedback
 
     body = {**CHAT, "messages": [{"role": "user", "content": "a\u0000b"}], "user": "nul\u0000user"}
     r = await gw.client.post("/v1/chat/completions", json=body, headers=auth(gw.a))
@@ -329,7 +329,7 @@ async def test_unknown_fields_ignored(gw: Gateway) -> None:
 
 
 async def test_rate_limit(gw: Gateway) -> None:
-    from gateway.services.tenants import create_key, create_tenant
+    from gateway.core.tenants import create_key, create_tenant
 
     async with gw.db.transaction() as session:
         tenant = await create_tenant(session, "limited", rpm_limit=2)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
-from gateway.config import get_settings
+from gateway.core.config import get_settings
 
 
 @pytest.fixture

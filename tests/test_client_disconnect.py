@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.db.models import Completion
+from gateway.core.db.models import Completion
 from gateway.state import AppState
 from tests.helpers import make_settings, seed_tenant, serve_on_socket
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import Settings, render_docs
+from gateway.core.config import Settings, render_docs
 
 
 def test_configuration_doc_is_current() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    assert doc == render_docs(), "run: python -m gateway.config > docs/configuration.md"
+    assert doc == render_docs(), "run: python -m gateway.core.config > docs/configuration.md"
 
 
 def test_every_setting_has_a_description() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.api.console import STATIC
 from gateway.app import create_app
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
 from tests.helpers import make_settings, running_app, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -29,9 +29,8 @@ import typer.core
 import yaml
 
 import gateway.cli
-from adapters.base_models import SMOLLM2
-from gateway.bootstrap import DEFAULT_BASE, TINY_BASE, resolve_base
-from gateway.config import Settings
+from adapters.base_models import DEFAULT_BASE, SMOLLM2, TINY_BASE, resolve_base
+from gateway.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -380,7 +379,9 @@ def deploy_text_files() -> list[Path]:
 def test_every_flywheel_variable_is_a_setting(path: Path) -> None:
     used = set(re.findall(r"\bFLYWHEEL_[A-Z0-9_]+\b", path.read_text()))
     unknown = sorted(used - known_env_vars())
-    assert unknown == [], f"not a Settings field (gateway/config.py) nor a CLI envvar: {unknown}"
+    assert unknown == [], (
+        f"not a Settings field (gateway/core/config.py) nor a CLI envvar: {unknown}"
+    )
 
 
 # --- YAML and compose -------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from typing import Any, cast
 import pytest
 import pytest_asyncio
 
+from gateway.core.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, SamplingParams
 from gateway.engine.embedded import INLINE_ENCODE_CHARS, EmbeddedEngine
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import RowStats
-from gateway.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
 
 GREEDY = SamplingParams(max_tokens=32, temperature=0.0)
 CHAT = [{"role": "user", "content": "Hello! How can I help you today?"}]

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from feedback.export import export, select_rows, to_dpo, to_kto, write_jsonl
 from feedback.log import CompletionLog
 from feedback.service import FeedbackInput, record_feedback
-from gateway.db.models import Adapter, Feedback, Tenant
-from gateway.db.session import Database
+from gateway.core.db.models import Adapter, Feedback, Tenant
+from gateway.core.db.session import Database
 from tests.test_feedback_log import completion_row, make_log, new_tenant
 
 PROMPT = [{"role": "user", "content": "How do I reset my password?"}]

@@ -15,9 +15,9 @@ from sqlalchemy import event, func, select
 
 from feedback.log import CompletionLog
 from feedback.spool import Spool, decode, encode
-from gateway.db.models import Completion, Tenant
-from gateway.db.session import Database
-from gateway.services.tenants import create_tenant
+from gateway.core.db.models import Completion, Tenant
+from gateway.core.db.session import Database
+from gateway.core.tenants import create_tenant
 
 # --- factories shared by the feedback tests ---------------------------------------------------
 

@@ -26,9 +26,9 @@ from sqlalchemy import func, select
 from feedback.log import CompletionLog
 from feedback.service import FeedbackInput, StoredFeedback, record_feedback
 from feedback.spool import Spool
-from gateway.db.migrate import upgrade_sync
-from gateway.db.models import Completion, Feedback
-from gateway.db.session import Database
+from gateway.core.db.migrate import upgrade_sync
+from gateway.core.db.models import Completion, Feedback
+from gateway.core.db.session import Database
 from tests import pgtools
 from tests.test_feedback_log import completion_row, make_log, new_tenant
 
@@ -184,7 +184,7 @@ async def test_http_api_through_an_outage(
                 assert f.status_code == expect, f.text
                 feedback_ids.append(fid)
 
-        from gateway.services.tenants import create_key, get_tenant, revoke_key
+        from gateway.core.tenants import create_key, get_tenant, revoke_key
 
         async with state.db.transaction() as session:
             row = await get_tenant(session, tenant.name)
@@ -281,7 +281,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from feedback.log import CompletionLog
-from gateway.db.session import Database
+from gateway.core.db.session import Database
 
 url, spool, tenant_id, n, ids_file = sys.argv[1:6]
 
@@ -448,7 +448,7 @@ async def test_sigterm_to_a_serving_gateway_with_a_stuck_database_loses_nothing(
     in the database or the spool, and the next start's replay lands each exactly once."""
     import httpx
 
-    from gateway.services.tenants import create_key, create_tenant
+    from gateway.core.tenants import create_key, create_tenant
     from tests.helpers import free_port
 
     async with db.transaction() as session:

@@ -19,10 +19,10 @@ from feedback.log import CompletionLog, write_records
 from feedback.service import FeedbackInput, list_feedback, record_feedback
 from feedback.spool import Record
 from gateway.app import create_app
-from gateway.db.models import Feedback, Tenant
-from gateway.db.session import Database
-from gateway.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
-from gateway.services.tenants import update_tenant
+from gateway.core.db.models import Feedback, Tenant
+from gateway.core.db.session import Database
+from gateway.core.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
+from gateway.core.tenants import update_tenant
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
 from tests.test_feedback_log import completion_row, make_log, new_tenant
 
@@ -412,7 +412,7 @@ async def test_http_completions_logged_once_with_feedback(gw: Gateway) -> None:
     )
     assert await gw.log.flush(timeout=30)
     async with gw.db.session() as session:
-        from gateway.db.models import Completion
+        from gateway.core.db.models import Completion
 
         n = await session.scalar(
             select(func.count()).select_from(Completion).where(Completion.id == cid)
@@ -427,7 +427,7 @@ async def test_retention_deletes_old_rows_in_batches(db: Database, clog: Complet
     from sqlalchemy import event
 
     from feedback.retention import enforce
-    from gateway.db.models import Completion
+    from gateway.core.db.models import Completion
 
     short = await new_tenant(db, retention_days=30)
     forever = await new_tenant(db)
@@ -466,14 +466,14 @@ async def test_retention_deletes_old_rows_in_batches(db: Database, clog: Complet
 
 async def test_forget_end_user(db: Database, clog: CompletionLog) -> None:
     from feedback.retention import forget_end_user
-    from gateway.db.models import Completion
+    from gateway.core.db.models import Completion
 
     tenant = await new_tenant(db)
     secret = {"messages": [{"role": "user", "content": "my account number is 1234"}]}
     mine = [await stored_completion(clog, tenant, end_user="u1", request=secret) for _ in range(2)]
     theirs = await stored_completion(clog, tenant, end_user="u2")
     # A finished round kept held-out copies for its gate: one of u1's, one of u2's.
-    from gateway.db.models import TrainingRound
+    from gateway.core.db.models import TrainingRound
 
     held = [
         {"prompt": secret["messages"], "completion": [{"role": "assistant", "content": "x"}], "label": True},
@@ -522,7 +522,7 @@ async def test_an_erasure_is_not_undone_by_another_gateways_queue(
     """Rows of an erased end user still queued (or spooled) in another gateway are dropped when
     they land; rows the same end user makes after the erasure are kept."""
     from feedback.retention import forget_end_user
-    from gateway.db.models import Completion
+    from gateway.core.db.models import Completion
 
     tenant = await new_tenant(db)
     other = make_log(db, tmp_path / "other-spool", flush_interval_s=3600)  # holds its queue

@@ -11,9 +11,9 @@ from sqlalchemy import update
 
 from adapters.golden import add_golden_set, golden_for_gate, parse_items
 from adapters.registry import get_adapter
-from gateway.db.models import GoldenSet
-from gateway.db.session import Database
-from gateway.errors import InvalidRequest, NotFound
+from gateway.core.db.models import GoldenSet
+from gateway.core.db.session import Database
+from gateway.core.errors import InvalidRequest, NotFound
 from tests.helpers import make_settings, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

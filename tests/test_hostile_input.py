@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from feedback.spool import Record
 from gateway.app import create_app
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -189,7 +189,7 @@ async def test_feedback_is_rate_limited_and_refusals_count(env: Env) -> None:
 
 
 async def test_refused_completions_count_against_the_senders_limit(env: Env) -> None:
-    from gateway.services.tenants import update_tenant
+    from gateway.core.tenants import update_tenant
 
     async with env.state.db.transaction() as session:
         await update_tenant(session, env.other.name, rpm_limit=5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import create_app
-from gateway.logs import make_handler
+from gateway.core.logs import make_handler
 from tests.helpers import make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
 from retrain.rounds import prepare, run_round
 from tests.helpers import make_settings, running_app, seed_tenant
 
@@ -96,7 +96,7 @@ async def test_feedback_to_promoted_version(
 
         # The round's record: lineage, data, hyperparameters, metrics, library versions; the
         # candidate is a passed (gated) version whose parent is the serving one, signed.
-        from gateway.db.models import AdapterVersion, GateReport, TrainingRound
+        from gateway.core.db.models import AdapterVersion, GateReport, TrainingRound
 
         async with state.db.session() as session:
             row = await session.get(TrainingRound, outcome.round_id)

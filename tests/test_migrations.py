@@ -10,8 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.db.migrate import upgrade_sync
-from gateway.db.models import Base
+from gateway.core.db.migrate import upgrade_sync
+from gateway.core.db.models import Base
 
 
 async def _diff(url: str) -> list[Any]:

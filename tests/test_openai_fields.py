@@ -24,11 +24,11 @@ import pytest_asyncio
 import torch
 from fastapi import FastAPI
 
+from gateway.api.engine_server import create_local_app
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.core.config import Settings
 from gateway.engine.base import GenerationRequest, SamplingParams
 from gateway.engine.embedded import EmbeddedEngine
-from gateway.engine.local_server import create_local_app
 from gateway.engine.vllm import VLLMEngine, generation_error
 from gateway.engine.vllm_client import UpstreamError, upstream_body
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant

@@ -16,10 +16,10 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.db.models import AuditEvent, RouteEvent
-from gateway.db.session import Database
-from gateway.services.admin_tokens import local_admin_token
+from gateway.core.admin_tokens import local_admin_token
+from gateway.core.config import Settings
+from gateway.core.db.models import AuditEvent, RouteEvent
+from gateway.core.db.session import Database
 from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from gateway.config import Settings
-from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.ratelimit import InMemoryRateLimiter, Limits, RateLimiter
-from gateway.ratelimit_redis import RedisRateLimiter
+from gateway.core.config import Settings
+from gateway.core.errors import RateLimited, ServiceUnavailable
+from gateway.core.ratelimit import InMemoryRateLimiter, Limits, RateLimiter
+from gateway.core.ratelimit_redis import RedisRateLimiter
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -200,7 +200,7 @@ async def test_two_gateways_share_a_tenants_limit(
 ) -> None:
     """Two whole gateway apps (two replicas) on one database and one Redis: N, not 2N."""
     from gateway.app import create_app
-    from gateway.services.tenants import update_tenant
+    from gateway.core.tenants import update_tenant
     from tests.helpers import running_app, seed_tenant
 
     settings, other = replica_settings(tmp_path, fresh_database_url, demo_base)

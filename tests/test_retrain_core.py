@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest
 from retrain.plan import (
     DEFAULT_MIN_KTO_ROWS,
     KTO_WEIGHT_RATIO_RANGE,

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from feedback.log import as_utc
-from gateway.db.models import Completion, Feedback, TrainingRound
-from gateway.db.session import Database
+from gateway.core.db.models import Completion, Feedback, TrainingRound
+from gateway.core.db.session import Database
 from retrain.worker import claim, recover, schedule
 from tests.helpers import make_settings, seed_tenant
 
@@ -59,7 +59,7 @@ async def opted_in_tenant(
 ) -> tuple[str, str]:
     from adapters.golden import add_golden_set
     from adapters.registry import get_adapter
-    from gateway.services.tenants import update_tenant
+    from gateway.core.tenants import update_tenant
 
     settings = make_settings(tmp, url, base)
     t = await seed_tenant(db, settings, f"w-{uuid.uuid4().hex[:8]}", {"bot": adapter})
@@ -83,7 +83,7 @@ async def test_schedule_queues_once_and_respects_threshold(
         retrain_min_feedback=10,
         retrain_max_age_hours=1000.0,
     )
-    from gateway.services.tenants import get_tenant
+    from gateway.core.tenants import get_tenant
 
     async with db.session() as s:
         tenant_id = (await get_tenant(s, name)).id
@@ -115,7 +115,7 @@ async def test_a_failed_round_is_retried_only_on_new_feedback(
     name, adapter_id = await opted_in_tenant(
         db, tmp_path, database_url, demo_base, demo_adapters[0], retrain_min_feedback=3
     )
-    from gateway.services.tenants import get_tenant
+    from gateway.core.tenants import get_tenant
 
     async with db.session() as s:
         tenant_id = (await get_tenant(s, name)).id
@@ -200,7 +200,7 @@ async def test_killed_worker_process_round_is_requeued(
     name, adapter_id = await opted_in_tenant(
         db, tmp_path, database_url, demo_base, demo_adapters[1], retrain_min_feedback=8
     )
-    from gateway.services.tenants import get_tenant
+    from gateway.core.tenants import get_tenant
 
     async with db.session() as s:
         tenant_id = (await get_tenant(s, name)).id
@@ -252,7 +252,7 @@ async def test_feedback_whose_completion_lands_late_joins_a_later_round(
     db: Database, database_url: str, tmp_path: Path, demo_base: Path, demo_adapters: list[Path]
 ) -> None:
     """Feedback may land before its completion row (queued, spooled); no round may skip it."""
-    from gateway.services.tenants import get_tenant
+    from gateway.core.tenants import get_tenant
     from retrain.rounds import prepare
 
     name, adapter_id = await opted_in_tenant(
@@ -317,7 +317,7 @@ async def test_round_without_golden_set_is_refused_before_training(
     """No golden set frozen before the cut-off: refused at once, the feedback left for later."""
     from adapters.golden import add_golden_set
     from adapters.registry import get_adapter
-    from gateway.errors import NotFound
+    from gateway.core.errors import NotFound
     from retrain.rounds import prepare
 
     settings = make_settings(tmp_path, database_url, demo_base, retrain_min_pairs=4)
@@ -348,7 +348,7 @@ async def test_tenant_recipe_applies_and_flags_win(
     from retrain.rounds import prepare
 
     name, _ = await opted_in_tenant(db, tmp_path, database_url, demo_base, demo_adapters[3])
-    from gateway.services.tenants import get_tenant, update_tenant
+    from gateway.core.tenants import get_tenant, update_tenant
 
     async with db.transaction() as s:
         t = await update_tenant(s, name, retrain_recipe={"learning_rate": 1e-4, "num_epochs": 2})

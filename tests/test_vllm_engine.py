@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import Settings
+from gateway.core.config import Settings
+from gateway.core.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
 from gateway.engine.vllm_client import parse_error
-from gateway.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

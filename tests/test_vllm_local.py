@@ -22,10 +22,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from gateway.config import Settings
+from gateway.core.config import Settings
+from gateway.core.errors import AdapterInvalid, EngineError
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
-from gateway.errors import AdapterInvalid, EngineError
 from tests.helpers import (
     METRICS_AUTH,
     free_port,

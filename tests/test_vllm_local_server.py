@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.api.engine_server import create_local_app
 from gateway.engine.embedded import EmbeddedEngine
-from gateway.engine.local_server import create_local_app
 from gateway.engine.vllm_client import UpstreamError, VLLMClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

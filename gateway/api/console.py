@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from gateway.errors import NotFound
+from gateway.core.errors import NotFound
 
 STATIC = Path(__file__).parent / "static"
 FILES = {

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.db.models import ApiKey, Tenant
-from gateway.errors import AuthenticationError
-from gateway.ids import hash_secret
+from gateway.core.db.models import ApiKey, Tenant
+from gateway.core.errors import AuthenticationError
+from gateway.core.ids import hash_secret
 from gateway.state import AppState
 
 
@@ -41,7 +41,7 @@ def bearer_token(request: Request) -> str:
 
 
 async def get_tenant(request: Request, state: StateDep) -> AuthContext:
-    from gateway.services.tenants import authenticate
+    from gateway.core.tenants import authenticate
 
     token = bearer_token(request)
 

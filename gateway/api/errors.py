@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.db.errors import is_outage
-from gateway.errors import (
+from gateway.core.db.errors import is_outage
+from gateway.core.errors import (
     DatabaseUnavailable,
     FlywheelError,
     InvalidRequest,

@@ -9,8 +9,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import logs
 from gateway.api.errors import unexpected_error_response
+from gateway.core import logs
 
 log = logging.getLogger("flywheel.api")
 

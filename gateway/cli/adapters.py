@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="Adapters and their versions.")
 
@@ -46,7 +46,7 @@ def add(
 def list_(tenant: str = typer.Option(None, help="Only this tenant.")) -> None:
     """Show adapter versions; `*` marks the active one."""
     from adapters.registry import list_versions
-    from gateway.services.tenants import get_tenant
+    from gateway.core.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> None:
         async with db.session() as session:
@@ -83,7 +83,8 @@ def verify(
 
 
 def _swap(tenant: str, name: str, version: int | None, reason: str, offline: bool) -> None:
-    from gateway.services.swap import offline_swap, remote_swap
+    from adapters.remote import remote_swap
+    from gateway.services.swap import offline_swap
 
     async def go(db: Database, s: Settings) -> dict[str, object]:
         if offline:

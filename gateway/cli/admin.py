@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
-from gateway.services import audit
-from gateway.services.admin_tokens import create_admin_token, rotate_admin_tokens
+from gateway.core import audit
+from gateway.core.admin_tokens import create_admin_token, rotate_admin_tokens
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="Admin API tokens (hashed in the database).")
 

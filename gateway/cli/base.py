@@ -27,7 +27,7 @@ def fetch() -> None:
 @clean_errors
 def prepare() -> None:
     """Convert the configured base now (first start does it too) and verify its digests."""
-    from gateway.bootstrap import resolve_base
+    from adapters.base_models import resolve_base
 
     base = resolve_base(settings())
     out(f"{base.name}: {base.path}")
@@ -37,8 +37,8 @@ def prepare() -> None:
 @clean_errors
 def verify() -> None:
     """Check the converted default base against its manifest of file digests."""
+    from adapters.base_models import resolve_base
     from adapters.base_models import verify as verify_dir
-    from gateway.bootstrap import resolve_base
 
     base = resolve_base(settings(), build=False)
     manifest = verify_dir(base.path)

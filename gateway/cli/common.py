@@ -10,10 +10,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 
-from gateway.config import Settings, get_settings
-from gateway.db.migrate import upgrade_sync
-from gateway.db.session import Database
-from gateway.errors import FlywheelError
+from gateway.core.config import Settings, get_settings
+from gateway.core.db.migrate import upgrade_sync
+from gateway.core.db.session import Database
+from gateway.core.errors import FlywheelError
 
 P = ParamSpec("P")
 T = TypeVar("T")

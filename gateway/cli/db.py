@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.common import out, settings
-from gateway.db.migrate import upgrade_sync
+from gateway.core.db.migrate import upgrade_sync
 
 app = typer.Typer(no_args_is_help=True, help="Database schema.")
 

@@ -20,9 +20,9 @@ import httpx
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
-from gateway.errors import FlywheelError
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
+from gateway.core.errors import FlywheelError
 
 app = typer.Typer(no_args_is_help=True, help="Demonstrations.")
 
@@ -72,9 +72,10 @@ def _rate(answers: list[str]) -> str:
 
 
 async def _loop(db: Database, s: Settings, url: str, n_edits: int) -> None:
-    from adapters.demo import build_demo_adapter, is_demo_base
-    from gateway.bootstrap import resolve_base
-    from gateway.services.admin_tokens import local_admin_token
+    from adapters.base_models import resolve_base
+    from adapters.demo import build_demo_adapter
+    from gateway.core.admin_tokens import local_admin_token
+    from gateway.engine.base import is_demo_base
     from retrain.demo import LOOP_HELDOUT_PROMPTS, LOOP_OPENING, loop_edit, loop_train_prompts
     from retrain.rounds import prepare, run_round
 

@@ -104,7 +104,7 @@ def vllm(
 
     The interpreter is FLYWHEEL_VLLM_PYTHON, or the venv `make vllm` builds (vLLM's CPU build).
     """
-    from gateway.config import get_settings
+    from gateway.core.config import get_settings
 
     s = get_settings()
     python = vllm_python(s.vllm_python)
@@ -160,10 +160,10 @@ def local(
     """Serve the embedded engine with vLLM's HTTP API (no GPU needed)."""
     import uvicorn
 
-    from gateway.bootstrap import resolve_base
+    from adapters.base_models import resolve_base
+    from gateway.api.engine_server import create_local_app
     from gateway.cli.common import settings
     from gateway.engine.embedded import EmbeddedEngine
-    from gateway.engine.local_server import create_local_app
 
     s = settings()
     if base is not None:

@@ -8,8 +8,8 @@ from datetime import datetime
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="Feedback export and data erasure.")
 
@@ -40,8 +40,8 @@ def export(
 def forget(tenant: str = typer.Option(...), end_user: str = typer.Option(...)) -> None:
     """Erase an end user's completions and feedback."""
     from feedback.retention import forget_end_user
-    from gateway.services.audit import cli_actor
-    from gateway.services.tenants import get_tenant
+    from gateway.core.audit import cli_actor
+    from gateway.core.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> object:
         async with db.session() as session:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="The eval gate.")
 

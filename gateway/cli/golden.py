@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="Golden sets (frozen; new content = new version).")
 
@@ -23,8 +23,8 @@ def add(
     """Freeze FILE as the next golden set version of TENANT's ADAPTER."""
     from adapters.golden import add_golden_set, parse_items
     from adapters.registry import get_adapter
-    from gateway.services import audit
-    from gateway.services.tenants import get_tenant
+    from gateway.core import audit
+    from gateway.core.tenants import get_tenant
 
     items = parse_items(file.read_text())
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db, settings
-from gateway.config import Settings
-from gateway.db.session import Database
-from gateway.services import tenants as svc
-from gateway.services.audit import cli_actor
+from gateway.core import tenants as svc
+from gateway.core.audit import cli_actor
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="API keys and signing keys.")
 

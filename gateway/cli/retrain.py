@@ -9,8 +9,8 @@ from typing import Any
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, help="Feedback -> KTO/DPO rounds -> candidate versions.")
 
@@ -103,7 +103,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from gateway.cli.common import settings
-    from gateway.logs import configure_logging
+    from gateway.core.logs import configure_logging
     from retrain.worker import run_worker
 
     configure_logging(settings())

@@ -9,7 +9,7 @@ import shutil
 import typer
 import uvicorn
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 
 log = logging.getLogger("flywheel")
 
@@ -27,7 +27,7 @@ def serve(
     """Start the gateway (migrations applied, demo bootstrapped on an empty database)."""
     from gateway.app import create_app
     from gateway.cli.common import settings
-    from gateway.logs import configure_logging
+    from gateway.core.logs import configure_logging
 
     s = settings()
     configure_logging(s)
@@ -64,9 +64,10 @@ def _prepare_once(s: Settings) -> None:
     at once they would race (two CREATE TABLEs, two sets of demo tenants)."""
     import asyncio
 
-    from gateway.bootstrap import demo_bootstrap, print_demo_keys, resolve_base
-    from gateway.db.migrate import upgrade_sync
-    from gateway.db.session import Database
+    from adapters.base_models import resolve_base
+    from gateway.core.db.migrate import upgrade_sync
+    from gateway.core.db.session import Database
+    from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
 
     upgrade_sync(s.resolved_database_url)
     if not s.bootstraps_demo:

@@ -8,10 +8,10 @@ from typing import Any
 import typer
 
 from gateway.cli.common import clean_errors, out, run_db
-from gateway.config import Settings
-from gateway.db.session import Database
-from gateway.services import tenants as svc
-from gateway.services.audit import cli_actor
+from gateway.core import tenants as svc
+from gateway.core.audit import cli_actor
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 from retrain.plan import check_recipe, load_recipe
 
 app = typer.Typer(no_args_is_help=True, help="Tenants and their settings.")

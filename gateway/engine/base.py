@@ -101,6 +101,15 @@ class Capabilities:
     fields: frozenset[str]
 
 
+# A base directory holding this file is the random-weight demo base (adapters/demo.py builds
+# it): the engine keeps it in float32, where random weights stay well-behaved.
+DEMO_MARKER = "flywheel-demo.json"
+
+
+def is_demo_base(path: Path) -> bool:
+    return (path / DEMO_MARKER).exists()
+
+
 # The sampling controls beyond OpenAI's basics that both engines honour (vLLM natively, the
 # embedded engine as logits processors, gateway/engine/embedded_logits.py).
 SAMPLING_EXTRAS = frozenset(

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from jinja2 import TemplateError
 
-from adapters.demo import is_demo_base
-from gateway import metrics
+from gateway.core import metrics
+from gateway.core.errors import EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import (
     SAMPLING_EXTRAS,
     AdapterRef,
@@ -44,13 +44,13 @@ from gateway.engine.base import (
     GenerationRequest,
     ReplicaStats,
     Verifier,
+    is_demo_base,
 )
 from gateway.engine.embedded_batch import Emit, Row
 from gateway.engine.embedded_fast import native_bf16_cpu
 from gateway.engine.embedded_logits import row_logits
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import EngineWorker, RowStats
-from gateway.errors import EngineError, EngineUnavailable, InvalidRequest
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

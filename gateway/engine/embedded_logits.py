@@ -27,8 +27,8 @@ from transformers import (
     TopKLogitsWarper,
 )
 
+from gateway.core.errors import InvalidRequest
 from gateway.engine.base import SamplingParams
-from gateway.errors import InvalidRequest
 
 
 class OutputPenalties(LogitsProcessor):

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel
 
+from gateway.core.errors import AdapterLoadRefused, EngineError
 from gateway.engine.embedded_batch import Group, Row, sample
 from gateway.engine.embedded_fast import prepack_linears
 from gateway.engine.embedded_lora import AdapterRouter
-from gateway.errors import AdapterLoadRefused, EngineError
 
 log = logging.getLogger(__name__)
 

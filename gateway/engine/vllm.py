@@ -27,8 +27,15 @@ from typing import Any
 
 import httpx
 
-from gateway import metrics
-from gateway.config import Settings
+from gateway.core import metrics
+from gateway.core.config import Settings
+from gateway.core.errors import (
+    AdapterLoadRefused,
+    EngineError,
+    EngineUnavailable,
+    FlywheelError,
+    InvalidRequest,
+)
 from gateway.engine.base import (
     SAMPLING_EXTRAS,
     AdapterRef,
@@ -47,13 +54,6 @@ from gateway.engine.vllm_client import (
     VLLMClient,
     relay,
     upstream_body,
-)
-from gateway.errors import (
-    AdapterLoadRefused,
-    EngineError,
-    EngineUnavailable,
-    FlywheelError,
-    InvalidRequest,
 )
 
 log = logging.getLogger("flywheel.engine.vllm")

@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 import httpx
 
+from gateway.core.errors import EngineError
 from gateway.engine.base import GenerationChunk, GenerationRequest
 from gateway.engine.vllm_http import ConnectionFailed, StreamPool
-from gateway.errors import EngineError
 
 Kind = Literal["chat", "text"]
 

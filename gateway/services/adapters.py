@@ -9,13 +9,14 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters.base_models import resolve_base
 from adapters.registry import add_version, get_adapter, get_version
-from gateway.bootstrap import adapter_signer, check_signature, resolve_base
-from gateway.config import Settings
-from gateway.db.models import AdapterVersion
-from gateway.errors import InvalidRequest
-from gateway.services import audit
-from gateway.services.tenants import get_tenant
+from adapters.signing import adapter_signer, check_signature
+from gateway.core import audit
+from gateway.core.config import Settings
+from gateway.core.db.models import AdapterVersion
+from gateway.core.errors import InvalidRequest
+from gateway.core.tenants import get_tenant
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Promote or roll back from outside the gateway process (CLI, retrain worker).
+"""Promote or roll back with no gateway running (``flywheel adapters promote --offline``).
 
-A running gateway owns the engine, so the swap is asked of it through the admin API.  With no
-gateway running (``offline``), the same Promoter runs against a short-lived embedded engine here:
-the version is verified and probed before the route flips, and gateways started later read it.
+The same Promoter runs against a short-lived embedded engine here: the version is verified and
+probed before the route flips, and gateways started later read it.  With a gateway running,
+the swap is asked of it through its admin API instead (adapters/remote.py).
 """
 
 from __future__ import annotations
@@ -10,51 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
-from gateway.config import Settings
-from gateway.db.session import Database
-from gateway.errors import AuthenticationError, FlywheelError, ServiceUnavailable
-from gateway.services.admin_tokens import local_admin_token
-
-
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        err = response.json()["error"]
-        message = err["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text
-    exc = FlywheelError(message)
-    exc.status_code = response.status_code
-    raise exc
-
-
-async def remote_swap(
-    settings: Settings, tenant: str, adapter: str, *, version: int | None, reason: str
-) -> dict[str, Any]:
-    token = local_admin_token(settings)
-    if token is None:
-        raise AuthenticationError("no admin token: set FLYWHEEL_ADMIN_TOKEN")
-    action = "promote" if version is not None else "rollback"
-    body: dict[str, Any] = {"reason": reason}
-    if version is not None:
-        body["version"] = version
-    url = f"{settings.resolved_gateway_url}/admin/adapters/{tenant}/{adapter}/{action}"
-    try:
-        async with httpx.AsyncClient(timeout=120) as client:
-            response = await client.post(
-                url, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
-    except httpx.TransportError as exc:
-        raise ServiceUnavailable(
-            f"no gateway at {settings.resolved_gateway_url} ({exc}); use --offline to swap "
-            "without one"
-        ) from exc
-    _raise_for(response)
-    result: dict[str, Any] = response.json()
-    return result
+from gateway.core.config import Settings
+from gateway.core.db.session import Database
 
 
 async def offline_swap(
@@ -67,10 +24,11 @@ async def offline_swap(
     reason: str,
     actor: str,
 ) -> dict[str, Any]:
+    from adapters.base_models import resolve_base
     from adapters.promotion import Promoter
-    from gateway.bootstrap import adapter_verifier, resolve_base
+    from adapters.signing import adapter_verifier
+    from gateway.core.audit import refused_load_recorder
     from gateway.engine.embedded import EmbeddedEngine
-    from gateway.services.audit import refused_load_recorder
 
     base = resolve_base(settings)
     engine = EmbeddedEngine(

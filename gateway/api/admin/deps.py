@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.api.deps import StateDep, bearer_token
-from gateway.services.admin_tokens import check_admin_token
-from gateway.services.audit import Actor
+from gateway.core.admin_tokens import check_admin_token
+from gateway.core.audit import Actor
 
 AdminContext = Actor  # the admin token's actor and the client's address, for the audit table
 

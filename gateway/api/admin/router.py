@@ -23,7 +23,9 @@ from gateway.api.admin.protocol import (
 )
 from gateway.api.body import CheckedJSONRoute
 from gateway.api.deps import StateDep
-from gateway.db.models import (
+from gateway.core import audit
+from gateway.core import tenants as tenant_svc
+from gateway.core.db.models import (
     ApiKey,
     AuditEvent,
     Completion,
@@ -32,10 +34,8 @@ from gateway.db.models import (
     Tenant,
     TrainingRound,
 )
-from gateway.errors import FlywheelError
+from gateway.core.errors import FlywheelError
 from gateway.services import adapters as adapter_svc
-from gateway.services import audit
-from gateway.services import tenants as tenant_svc
 from gateway.state import AppState
 from retrain.plan import check_recipe
 

@@ -29,21 +29,21 @@ from starlette.responses import Response
 
 from feedback.service import list_feedback, not_found, record_feedback
 from feedback.tokens import is_feedback_token, verify
-from gateway import metrics
 from gateway.api.body import read_json
 from gateway.api.deps import bearer_token, get_tenant
 from gateway.api.errors import error_response, validation_error
 from gateway.api.feedback.protocol import FeedbackBatch, FeedbackItem, FeedbackList, FeedbackObject
-from gateway.db.errors import DB_UNAVAILABLE
-from gateway.db.models import Tenant
-from gateway.db.session import Database
-from gateway.errors import (
+from gateway.core import metrics
+from gateway.core.db.errors import DB_UNAVAILABLE
+from gateway.core.db.models import Tenant
+from gateway.core.db.session import Database
+from gateway.core.errors import (
     AuthenticationError,
     FlywheelError,
     InvalidRequest,
     PermissionDenied,
 )
-from gateway.ratelimit import Limits
+from gateway.core.ratelimit import Limits
 from gateway.state import AppState
 
 log = logging.getLogger("flywheel.api.feedback")

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.core.errors import InvalidRequest
 from gateway.engine.base import Capabilities, SamplingParams
-from gateway.errors import InvalidRequest
 
 
 class _Lenient(BaseModel):

@@ -15,7 +15,7 @@ from gateway.api.body import M, parse_body
 from gateway.api.deps import AuthContext, StateDep, TenantDep, authenticate_request
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.serving import OpenAIServing
-from gateway.errors import FlywheelError
+from gateway.core.errors import FlywheelError
 
 
 class DirectRoute(APIRoute):

@@ -21,14 +21,14 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
-from gateway import logs, metrics
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.streaming import EventStreamResponse
+from gateway.core import logs, metrics
+from gateway.core.errors import FlywheelError, InvalidRequest, NotFound, RateLimited
+from gateway.core.ids import completion_id
+from gateway.core.ratelimit import Limits
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
-from gateway.errors import FlywheelError, InvalidRequest, NotFound, RateLimited
-from gateway.ids import completion_id
-from gateway.ratelimit import Limits
 from gateway.state import AppState
 
 log = logging.getLogger("flywheel.completions")

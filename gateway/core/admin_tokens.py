@@ -10,10 +10,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.config import Settings
-from gateway.db.models import AdminToken
-from gateway.errors import AuthenticationError
-from gateway.ids import hash_secret, new_id, new_secret
+from gateway.core.config import Settings
+from gateway.core.db.models import AdminToken
+from gateway.core.errors import AuthenticationError
+from gateway.core.ids import hash_secret, new_id, new_secret
 
 ADMIN_PREFIX = "fwadm-"
 

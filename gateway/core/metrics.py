@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,7 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.engine.base import ReplicaStats
+if TYPE_CHECKING:  # the engine layer is above this one
+    from gateway.engine.base import ReplicaStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "LiveCollector", "LiveState", "render"]
 

@@ -8,14 +8,16 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import metrics
-from gateway.db.models import AuditEvent
-from gateway.db.session import Database
-from gateway.engine.base import AdapterRef
+from gateway.core import metrics
+from gateway.core.db.models import AuditEvent
+from gateway.core.db.session import Database
+
+if TYPE_CHECKING:  # the engine layer is above this one
+    from gateway.engine.base import AdapterRef
 
 log = logging.getLogger("flywheel.audit")
 

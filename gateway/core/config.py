@@ -1,7 +1,7 @@
 """One settings object for the whole product; every field is an env var ``FLYWHEEL_<NAME>``.
 
 Each field's description is the documentation: docs/configuration.md is generated from this
-class (``python -m gateway.config``) and a test checks the two agree.  Defaults work on a fresh
+class (``python -m gateway.core.config``) and a test checks the two agree.  Defaults work on a fresh
 laptop: SQLite under the data directory, the embedded engine, SmolLM2 converted on first start.
 """
 
@@ -294,7 +294,7 @@ def render_docs() -> str:
         "# Configuration",
         "",
         "Every setting is an environment variable (or a line in `.env`). This page is generated",
-        "from `gateway/config.py` by `python -m gateway.config > docs/configuration.md`;",
+        "from `gateway/core/config.py` by `python -m gateway.core.config > docs/configuration.md`;",
         "`tests/test_config.py` fails when the two disagree.",
         "",
         "| variable | default | what it does |",

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import ApiKey, Tenant
-from gateway.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
-from gateway.ids import hash_secret, new_id, new_secret
-from gateway.services.audit import Actor, record_by
+from gateway.core.audit import Actor, record_by
+from gateway.core.db.models import ApiKey, Tenant
+from gateway.core.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
+from gateway.core.ids import hash_secret, new_id, new_secret
 
 KEY_PREFIX = "fw-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -1,6 +1,6 @@
 """Per-tenant rate limits shared by every gateway replica, in Redis.
 
-The same token buckets as :class:`gateway.ratelimit.InMemoryRateLimiter` (capacity = the
+The same token buckets as :class:`gateway.core.ratelimit.InMemoryRateLimiter` (capacity = the
 per-minute limit, continuous refill, estimate taken up front, real usage settled after), but
 each check-and-take is one Lua script run atomically by Redis, so N gateway replicas share one
 budget instead of getting N.  The scripts read Redis' own clock (``TIME``), so gateway clocks
@@ -19,8 +19,8 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.ratelimit import Limits
+from gateway.core.errors import RateLimited, ServiceUnavailable
+from gateway.core.ratelimit import Limits
 
 log = logging.getLogger("flywheel.ratelimit")
 
@@ -89,7 +89,7 @@ return 0
 
 
 class RedisRateLimiter:
-    """Implements gateway.ratelimit.RateLimiter with buckets in Redis."""
+    """Implements gateway.core.ratelimit.RateLimiter with buckets in Redis."""
 
     def __init__(
         self,

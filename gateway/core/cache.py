@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from gateway.db.errors import DB_UNAVAILABLE
-from gateway.errors import DatabaseUnavailable
+from gateway.core.db.errors import DB_UNAVAILABLE
+from gateway.core.errors import DatabaseUnavailable
 
 K = TypeVar("K")
 V = TypeVar("V")

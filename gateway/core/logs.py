@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 
 _context: ContextVar[dict[str, Any] | None] = ContextVar("flywheel_log_context", default=None)
 FIELDS = (

@@ -37,9 +37,9 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.api.errors import validation_error
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.core.errors import FlywheelError
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
 from gateway.engine.embedded import EmbeddedEngine
-from gateway.errors import FlywheelError
 
 DEFAULT_MAX_TOKENS = 256
 

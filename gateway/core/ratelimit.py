@@ -6,7 +6,7 @@ the real usage is settled after the call, so the token budget tracks real usage.
 go into debt by that settlement; the next request then waits until it is paid back.
 
 ``InMemoryRateLimiter`` is exact for one gateway process; with several replicas use the Redis
-limiter (gateway/ratelimit_redis.py) so limits are shared, not multiplied.
+limiter (gateway/core/ratelimit_redis.py) so limits are shared, not multiplied.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.errors import RateLimited
+from gateway.core.errors import RateLimited
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from gateway.db.models import Base
-from gateway.db.session import make_engine
+from gateway.core.db.models import Base
+from gateway.core.db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -34,7 +34,7 @@ async def _run_async(url: str) -> None:
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
-    assert url, "sqlalchemy.url is set by gateway.db.migrate"
+    assert url, "sqlalchemy.url is set by gateway.core.db.migrate"
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)

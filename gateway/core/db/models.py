@@ -1,6 +1,6 @@
 """SQLAlchemy models for every table, shared by PostgreSQL and SQLite.
 
-One set of models, one chain of Alembic migrations (gateway/db/migrations).  JSON columns use
+One set of models, one chain of Alembic migrations (gateway/core/db/migrations).  JSON columns use
 the generic ``JSON`` type so the same code runs on both databases.
 """
 
