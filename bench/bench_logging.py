@@ -29,7 +29,8 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, insert, select
 
-from feedback.log import CompletionLog, normalize
+from feedback.log import CompletionLog
+from feedback.rows import normalize
 from gateway.core.config import Settings
 from gateway.core.db.migrate import upgrade_sync
 from gateway.core.db.models import Completion

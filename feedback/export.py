@@ -38,11 +38,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.diff import unified
-from feedback.log import as_utc
 from gateway.core.db.models import Adapter, Completion, Feedback
 from gateway.core.db.session import Database
 from gateway.core.errors import InvalidRequest, NotFound
 from gateway.core.tenants import get_tenant
+from gateway.core.time import as_utc
 
 log = logging.getLogger("flywheel.export")
 

@@ -30,168 +30,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from feedback.erasure import scrub_rejected
 from feedback.journal import Journal
+from feedback.rows import normalize, write_records
 from feedback.spool import Record, Spool
 from gateway.core.db.errors import is_row_error
-from gateway.core.db.models import Completion, Erasure, Feedback
 from gateway.core.db.session import Database
 
 log = logging.getLogger("flywheel.completion_log")
 
 Key = tuple[str, str]  # (tenant_id, completion_id)
 
-COLUMNS: tuple[str, ...] = tuple(c.name for c in Completion.__table__.columns)
-REQUIRED = ("id", "tenant_id", "kind", "model", "status", "received_at")
-DEFAULTS: dict[str, Any] = {"params": {}, "prompt_tokens": 0, "completion_tokens": 0}
 DEGRADED_FILL = 0.8
-
-
-def as_utc(value: datetime) -> datetime:
-    """Aware datetimes in UTC; naive ones (SQLite reads them back naive) are taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def normalize(row: dict[str, Any]) -> dict[str, Any]:
-    """A full, storable Completion row; enforces the tenant's ``_store_content`` hint."""
-    missing = [k for k in REQUIRED if row.get(k) is None]
-    if missing:
-        raise ValueError(f"completion row lacks {', '.join(missing)}")
-    out = {col: row.get(col, DEFAULTS.get(col)) for col in COLUMNS}
-    if row.get("_store_content") is False:
-        out["request"] = None
-        out["response_text"] = None
-    if out["created_at"] is None:
-        # Stamped at submit, so a row replayed after an outage keeps its real age (retention).
-        out["created_at"] = datetime.now(UTC)
-    for col, value in out.items():
-        if isinstance(value, datetime):
-            # SQLite stores the wall-clock digits only; UTC everywhere keeps comparisons right.
-            out[col] = as_utc(value)
-    return out
-
-
-def _is_pg(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-async def insert_completions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """One executemany, idempotent by primary key on both PostgreSQL and SQLite."""
-    if not rows:
-        return
-    table = cast(Table, Completion.__table__)
-    insert = pg_insert(table) if _is_pg(session) else sqlite_insert(table)
-    await session.execute(insert.on_conflict_do_nothing(index_elements=["id"]), list(rows))
-
-
-# What a repeated feedback id replaces: everything the client sent, never the completion it is
-# about or when it was first stored.
-FEEDBACK_UPDATABLE = (
-    "rating",
-    "edited_output",
-    "diff",
-    "comment",
-    "end_user",
-    "meta",
-    "source",
-    "updated_at",
-)
-
-
-def feedback_upsert(session: AsyncSession) -> Any:
-    """INSERT ... ON CONFLICT (tenant_id, id) DO UPDATE, guarded twice.
-
-    The update applies only to feedback on the same completion (an id cannot be used to
-    overwrite feedback on another completion, e.g. by a browser token scoped to one), and only
-    when it is not older than what is stored, so a late spool replay cannot undo a newer edit.
-    """
-    table = cast(Table, Feedback.__table__)
-    insert = pg_insert(table) if _is_pg(session) else sqlite_insert(table)
-    return insert.on_conflict_do_update(
-        index_elements=["tenant_id", "id"],
-        set_={col: insert.excluded[col] for col in FEEDBACK_UPDATABLE},
-        where=(table.c.completion_id == insert.excluded.completion_id)
-        & (table.c.updated_at <= insert.excluded.updated_at),
-    )
-
-
-def normalize_feedback(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
-
-
-async def upsert_feedback_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Replay path: executemany; a refused update (guards above) is simply skipped."""
-    if rows:
-        await session.execute(feedback_upsert(session), [normalize_feedback(r) for r in rows])
-
-
-async def write_records(db: Database, records: Sequence[Record]) -> None:
-    """Completions and feedback of one batch, in one transaction."""
-    completions = [r.row for r in records if r.kind == "completion"]
-    feedback = [r.row for r in records if r.kind == "feedback"]
-    async with db.transaction() as session:
-        erased = await _erasures(session, completions + feedback)
-        if erased:
-            completions = [r for r in completions if not _erased(r, _STAMP["completion"], erased)]
-            feedback = [r for r in feedback if not _erased(r, _STAMP["feedback"], erased)]
-        await insert_completions(session, completions)
-        if feedback:
-            await upsert_feedback_rows(session, feedback)
-
-
-async def _erasures(
-    session: AsyncSession, rows: Sequence[dict[str, Any]]
-) -> dict[tuple[str, str], datetime]:
-    """The latest erasure of each (tenant, end user) among ``rows``."""
-    users = {(r["tenant_id"], r["end_user"]) for r in rows if r.get("end_user")}
-    if not users:
-        return {}
-    found = await session.execute(
-        select(Erasure.tenant_id, Erasure.end_user, func.max(Erasure.erased_at))
-        .where(
-            Erasure.tenant_id.in_({t for t, _ in users}),
-            Erasure.end_user.in_({u for _, u in users}),
-        )
-        .group_by(Erasure.tenant_id, Erasure.end_user)
-    )
-    return {(t, u): as_utc(at) for t, u, at in found}
-
-
-_STAMP = {"completion": "received_at", "feedback": "created_at"}
-
-
-async def scrub_rejected(db: Database, spool: Spool) -> int:
-    """Apply the recorded erasures to the spool's ``rejected.jsonl``: rows there never reach
-    the database, so the write path's filter never sees them.  Returns the rows removed."""
-    records = await asyncio.to_thread(spool.rejected)
-    if not records:
-        return 0
-    async with db.session() as session:
-        erased = await _erasures(session, [r.row for r in records])
-    if not erased:
-        return 0
-
-    def drop(record: Record) -> bool:
-        return _erased(record.row, _STAMP[record.kind], erased)
-
-    return await asyncio.to_thread(spool.scrub_rejected, drop)
-
-
-def _erased(row: dict[str, Any], stamp: str, erased: dict[tuple[str, str], datetime]) -> bool:
-    """True for a row of an end user erased after the row was made (it must not come back)."""
-    at = erased.get((row["tenant_id"], row.get("end_user") or ""))
-    made = row.get(stamp)
-    return at is not None and (made is None or as_utc(made) <= at)
 
 
 class CompletionLog:

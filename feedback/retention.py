@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, delete, select
 
 from feedback.export import trl_prompt
-from feedback.log import as_utc
 from gateway.core import audit
 from gateway.core.audit import Actor
 from gateway.core.db.models import Completion, Erasure, Feedback, Tenant, TrainingRound
 from gateway.core.db.session import Database
+from gateway.core.time import as_utc
 
 if TYPE_CHECKING:
     from feedback.log import CompletionLog

@@ -23,12 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.diff import unified
-from feedback.log import as_utc, feedback_upsert, normalize_feedback
+from feedback.rows import feedback_upsert, normalize_feedback
 from gateway.core.db.errors import DB_UNAVAILABLE, is_row_error
 from gateway.core.db.models import Completion, Feedback
 from gateway.core.db.session import Database
 from gateway.core.errors import Conflict, InvalidRequest, NotFound
 from gateway.core.ids import new_id
+from gateway.core.time import as_utc
 
 if TYPE_CHECKING:
     from feedback.log import CompletionLog

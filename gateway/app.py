@@ -71,7 +71,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from gateway.core.admin_tokens import ensure_dev_admin_token
 
     settings: Settings = app.state.settings
-    settings.check_production()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics.configure(settings.metrics_tenant_label)
     db = Database(settings.resolved_database_url, pool_timeout=settings.database_pool_timeout_s)
@@ -134,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
-    app.add_middleware(RequestIdMiddleware, max_body_bytes=app.state.settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
     api_errors.install(app)
     api_openapi.install(app)
     app.include_router(health.router)

@@ -24,13 +24,13 @@ from adapters.base_models import resolve_base
 from adapters.golden import golden_for_gate
 from adapters.registry import add_version, get_adapter
 from feedback.export import FEEDBACK_COMPLETION, FeedbackRow, select_rows, to_dpo, to_kto
-from feedback.log import as_utc
 from gateway.core import metrics
 from gateway.core.config import Settings
 from gateway.core.db.models import AdapterVersion, Completion, Feedback, Tenant, TrainingRound
 from gateway.core.db.session import Database
 from gateway.core.ids import new_id
 from gateway.core.tenants import get_tenant
+from gateway.core.time import as_utc
 from retrain.plan import (
     PAIR_METHODS,
     DPORow,

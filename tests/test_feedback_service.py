@@ -15,7 +15,8 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from feedback import tokens
-from feedback.log import CompletionLog, write_records
+from feedback.log import CompletionLog
+from feedback.rows import write_records
 from feedback.service import FeedbackInput, list_feedback, record_feedback
 from feedback.spool import Record
 from gateway.app import create_app

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from feedback.log import as_utc
 from gateway.core.db.models import Completion, Feedback, TrainingRound
 from gateway.core.db.session import Database
+from gateway.core.time import as_utc
 from retrain.worker import claim, recover, schedule
 from tests.helpers import make_settings, seed_tenant
 

@@ -220,4 +220,4 @@ def test_sigstore_mode_checks_keyless_signatures_not_the_key(adapter: Path, tmp_
     with pytest.raises(AdapterLoadRefused, match="Sigstore"):
         adapter_verifier(sigstore)(_ref(adapter))
     with pytest.raises(ValueError, match="FLYWHEEL_SIGNING_IDENTITY"):
-        Settings(data_dir=tmp_path / "data", signing_mode="sigstore").check_production()
+        Settings(data_dir=tmp_path / "data", signing_mode="sigstore")  # refused when built

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 from gateway.core.config import Settings, get_settings
 from gateway.core.db.migrate import upgrade_sync
@@ -49,6 +50,10 @@ def clean_errors(fn: Callable[P, T]) -> Callable[P, T]:
             return fn(*args, **kwargs)
         except FlywheelError as exc:
             typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+        except ValidationError as exc:  # the settings refused (Settings' own checks)
+            first = exc.errors()[0]
+            typer.echo(f"error: invalid settings: {first['msg']}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEV_SECRET = "dev-only-feedback-secret-change-me"
@@ -260,8 +260,14 @@ class Settings(BaseSettings):
     def vllm_url_list(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.vllm_urls.split(",") if u.strip()]
 
+    @model_validator(mode="after")
+    def _checked(self) -> Settings:
+        # Every entry point (the app, the CLI, the retrain worker) gets the same refusals.
+        self.check_production()
+        return self
+
     def check_production(self) -> None:
-        """Refuse the development secrets outside development."""
+        """Refuse the development secrets outside development, and half a Sigstore setup."""
         secret = self.feedback_token_secret.get_secret_value()
         if self.environment == "production" and (secret == _DEV_SECRET or len(secret) < 32):
             raise ValueError(
