@@ -43,16 +43,7 @@ async def build_engine(settings: Settings, db: Database) -> Engine:
     from gateway.engine.embedded import EmbeddedEngine
 
     base = await asyncio.to_thread(resolve_base, settings)
-    return EmbeddedEngine(
-        base.path,
-        base_model_name=base.name,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_batch_size=settings.max_batch_size,
-        max_loras=settings.max_loras,
-        max_model_len=settings.max_model_len,
-        verifier=verifier,
-    )
+    return EmbeddedEngine.from_settings(settings, base.path, base.name, verifier=verifier)
 
 
 def build_limiter(settings: Settings) -> RateLimiter:

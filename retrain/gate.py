@@ -66,14 +66,10 @@ async def _generate_all(
     """Greedy answers (text, tokens) of each adapter for each golden item, in one engine."""
     from gateway.engine.embedded import EmbeddedEngine
 
-    engine = EmbeddedEngine(
-        base.path,
-        base_model_name=base.name,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_batch_size=settings.max_batch_size,
-        max_loras=max(4, len(refs)),
-        max_model_len=settings.max_model_len,
+    # No verifier: the candidate is not signed until it passes; both adapters are this
+    # process's own files, read from the artifact store.
+    engine = EmbeddedEngine.from_settings(
+        settings, base.path, base.name, max_loras=max(4, len(refs))
     )
     await engine.start()
     try:

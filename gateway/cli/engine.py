@@ -170,15 +170,7 @@ def local(
         s = s.model_copy(update={"base_model": str(base)})
     resolved = resolve_base(s)
     name = served_model_name or resolved.name
-    engine = EmbeddedEngine(
-        resolved.path,
-        base_model_name=name,
-        device=s.device,
-        dtype=s.dtype,
-        max_batch_size=s.max_batch_size,
-        max_loras=max_loras or s.max_loras,
-        max_model_len=s.max_model_len,
-    )
+    engine = EmbeddedEngine.from_settings(s, resolved.path, name, max_loras=max_loras)
     app_ = create_local_app(
         engine,
         base_name=name,

@@ -35,6 +35,7 @@ import torch
 from jinja2 import TemplateError
 
 from gateway.core import metrics
+from gateway.core.config import Settings
 from gateway.core.errors import EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import (
     SAMPLING_EXTRAS,
@@ -76,6 +77,28 @@ class EmbeddedEngine:
     # What embedded_logits implements; the rest (tools, n, logprobs, response_format, ...) is
     # refused by name.  docs/api.md has the table.
     capabilities = Capabilities("embedded", SAMPLING_EXTRAS)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        base_path: Path,
+        base_name: str,
+        *,
+        verifier: Verifier | None = None,
+        max_loras: int | None = None,
+    ) -> EmbeddedEngine:
+        """The one way the app, the CLI, offline swaps and the gate build this engine."""
+        return cls(
+            base_path,
+            base_model_name=base_name,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_batch_size=settings.max_batch_size,
+            max_loras=max_loras or settings.max_loras,
+            max_model_len=settings.max_model_len,
+            verifier=verifier,
+        )
 
     def __init__(
         self,

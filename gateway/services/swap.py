@@ -31,11 +31,10 @@ async def offline_swap(
     from gateway.engine.embedded import EmbeddedEngine
 
     base = resolve_base(settings)
-    engine = EmbeddedEngine(
+    engine = EmbeddedEngine.from_settings(
+        settings,
         base.path,
-        base_model_name=base.name,
-        device=settings.device,
-        dtype=settings.dtype,
+        base.name,
         verifier=adapter_verifier(
             settings, on_refused=refused_load_recorder(db, asyncio.get_running_loop())
         ),
