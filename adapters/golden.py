@@ -24,9 +24,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.core import audit
+from gateway.core.audit import Actor
 from gateway.core.db.models import Adapter, GoldenSet
 from gateway.core.errors import InvalidRequest, NotFound
 from gateway.core.ids import new_id
+from gateway.core.tenants import get_tenant
 
 CHECK_TYPES = {"json", "json_schema", "contains", "not_contains", "regex", "max_length"}
 
@@ -108,6 +111,25 @@ async def add_golden_set(
     )
     session.add(row)
     await session.flush()
+    return row
+
+
+async def freeze_golden_set(
+    session: AsyncSession,
+    tenant_name: str,
+    adapter_name: str,
+    items: list[dict[str, Any]],
+    *,
+    by: Actor | None,
+) -> GoldenSet:
+    """The "add a golden set" use case, for the admin API and the CLI alike: the tenant's
+    adapter gets the next frozen version, and the audit table says who froze it."""
+    from adapters.registry import get_adapter
+
+    tenant = await get_tenant(session, tenant_name)
+    adapter = await get_adapter(session, tenant.id, adapter_name)
+    row = await add_golden_set(session, adapter, items)
+    audit.record_by(session, by, "golden.add", f"{adapter_name}/golden@{row.version}", tenant.id)
     return row
 
 

@@ -21,25 +21,14 @@ def add(
     adapter: str = typer.Option(...),
 ) -> None:
     """Freeze FILE as the next golden set version of TENANT's ADAPTER."""
-    from adapters.golden import add_golden_set, parse_items
-    from adapters.registry import get_adapter
-    from gateway.core import audit
-    from gateway.core.tenants import get_tenant
+    from adapters.golden import freeze_golden_set, parse_items
+    from gateway.core.audit import cli_actor
 
     items = parse_items(file.read_text())
 
     async def go(db: Database, _: Settings) -> str:
         async with db.transaction() as session:
-            t = await get_tenant(session, tenant)
-            a = await get_adapter(session, t.id, adapter)
-            row = await add_golden_set(session, a, items)
-            audit.record(
-                session,
-                actor="cli",
-                action="golden.add",
-                target=f"{adapter}/golden@{row.version}",
-                tenant_id=t.id,
-            )
+            row = await freeze_golden_set(session, tenant, adapter, items, by=cli_actor())
             return f"golden set v{row.version}: {len(items)} items, sha256 {row.content_hash[:16]}"
 
     out(run_db(go))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from adapters import golden as golden_svc
-from adapters.registry import get_adapter, list_versions
+from adapters.registry import list_versions
 from gateway.api.admin.deps import AdminContext, AdminDep
 from gateway.api.admin.protocol import (
     AdapterAdd,
@@ -239,11 +239,8 @@ async def rollback(
 async def add_golden(body: GoldenAdd, admin: AdminDep, state: StateDep) -> dict[str, Any]:
     items = [golden_svc.validate_item(item, i) for i, item in enumerate(body.items, 1)]
     async with state.db.transaction() as session:
-        tenant = await tenant_svc.get_tenant(session, body.tenant)
-        adapter = await get_adapter(session, tenant.id, body.adapter)
-        row = await golden_svc.add_golden_set(session, adapter, items)
-        audit.record_by(
-            session, admin, "golden.add", f"{body.adapter}/golden@{row.version}", tenant.id
+        row = await golden_svc.freeze_golden_set(
+            session, body.tenant, body.adapter, items, by=admin
         )
     return {
         "id": row.id,
