@@ -16,8 +16,7 @@ from gateway.core.errors import (
     DatabaseUnavailable,
     FlywheelError,
     InvalidRequest,
-    RateLimited,
-    ServiceUnavailable,
+    RetryLater,
 )
 
 log = logging.getLogger("flywheel.api")
@@ -25,7 +24,7 @@ log = logging.getLogger("flywheel.api")
 
 def error_response(exc: FlywheelError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, (RateLimited, ServiceUnavailable)):
+    if isinstance(exc, RetryLater):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 

@@ -25,7 +25,7 @@ from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.streaming import EventStreamResponse
 from gateway.core import logs, metrics
-from gateway.core.errors import FlywheelError, InvalidRequest, NotFound, RateLimited
+from gateway.core.errors import FlywheelError, InvalidRequest, RateLimited, RequestError
 from gateway.core.ids import completion_id
 from gateway.core.ratelimit import Limits
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
@@ -203,7 +203,7 @@ class OpenAIServing:
             # Every field the engine cannot honour is refused by name before anything runs.
             body.check(self.state.engine.capabilities)
             resolved = await self._resolve(auth.tenant.id, body.model)
-        except (InvalidRequest, NotFound):
+        except RequestError:
             await self.charge_refused(auth)
             raise
         logs.bind(tenant_id=auth.tenant.id, adapter_version=resolved.label)
