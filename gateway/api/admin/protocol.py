@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from gateway.core.time import as_utc
 
 
 class _Strict(BaseModel):
@@ -70,3 +73,165 @@ class GoldenAdd(_Strict):
 class Forget(_Strict):
     tenant: str
     end_user: str = Field(min_length=1)
+
+
+# --- responses -------------------------------------------------------------------------------
+# Typed like the request bodies, so the OpenAPI document (and the console, and the fuzz test)
+# know each answer's shape.  Built from the ORM rows (from_attributes).
+
+
+# SQLite reads timestamps back naive; every one stored is UTC, and the answer says so (RFC 3339
+# with an offset, as the schema's date-time format requires).
+UTCDatetime = Annotated[datetime, AfterValidator(as_utc)]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TenantOut(_Out):
+    id: str
+    name: str
+    created_at: UTCDatetime
+    rpm_limit: int | None
+    tpm_limit: int | None
+    store_content: bool
+    retention_days: int | None
+    cors_origins: list[str]
+    auto_promote: bool
+    retrain_enabled: bool
+    retrain_min_feedback: int
+    retrain_max_age_hours: float
+    gate_thresholds: dict[str, Any]
+    retrain_recipe: dict[str, Any]
+    disabled: bool
+
+
+class KeyOut(_Out):
+    id: str
+    tenant_id: str
+    prefix: str
+    created_at: UTCDatetime
+    revoked_at: UTCDatetime | None
+
+
+class NewKey(KeyOut):
+    api_key: str = Field(description="The key itself, shown this once; only its hash is kept.")
+
+
+class RotatedKeys(NewKey):
+    revoked: list[str]
+
+
+class TenantCreated(BaseModel):
+    tenant: TenantOut
+    key_id: str
+    api_key: str = Field(description="The tenant's first key, shown this once.")
+
+
+class AdapterVersionOut(BaseModel):
+    tenant: str
+    adapter: str
+    version: int
+    version_id: str
+    state: str
+    active: bool
+    digest: str
+    rank: int
+    use_dora: bool
+    signed: bool
+    parent_version_id: str | None
+    created_at: UTCDatetime
+
+
+class AdapterAdded(BaseModel):
+    adapter: str
+    version: int
+    digest: str
+    signed: bool
+
+
+class Verified(BaseModel):
+    adapter: str
+    version: int
+    verified: bool
+
+
+class Swapped(BaseModel):
+    action: str
+    tenant: str
+    adapter: str
+    from_version: int | None
+    to_version: int
+    seconds: float
+
+
+class GoldenAdded(_Out):
+    id: str
+    version: int
+    content_hash: str
+    items: int
+
+
+class RoundOut(_Out):
+    id: str
+    tenant_id: str
+    adapter_id: str
+    state: str
+    method: str | None
+    method_reason: str | None
+    parent_version_id: str | None
+    candidate_version_id: str | None
+    counts: dict[str, Any] | None
+    dataset_hash: str | None
+    hyperparams: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+
+
+class GateReportOut(_Out):
+    id: str
+    tenant_id: str
+    adapter_id: str
+    candidate_version_id: str
+    serving_version_id: str | None
+    golden_set_id: str | None
+    round_id: str | None
+    passed: bool
+    reasons: list[Any]
+    report: dict[str, Any]
+    summary: str
+    created_at: UTCDatetime
+
+
+class FeedbackStats(BaseModel):
+    tenant: str
+    completions: int
+    edits: int
+    up: int
+    down: int
+    no_rating: int
+
+
+class AuditEventOut(_Out):
+    id: int
+    actor: str
+    action: str
+    target: str
+    tenant_id: str | None
+    remote_addr: str | None
+    detail: dict[str, Any] | None
+    created_at: UTCDatetime
+
+
+class Forgotten(BaseModel):
+    tenant: str
+    end_user: str
+    completions: int
+    feedback: int
+    heldout_rows: int
+    rejected_rows: int
