@@ -157,15 +157,6 @@ class Verified(BaseModel):
     verified: bool
 
 
-class Swapped(BaseModel):
-    action: str
-    tenant: str
-    adapter: str
-    from_version: int | None
-    to_version: int
-    seconds: float
-
-
 class GoldenAdded(_Out):
     id: str
     version: int

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import golden as golden_svc
+from adapters.promotion import SwapResult
 from gateway.api.admin import serving
 from gateway.api.admin.deps import AdminContext, AdminDep, get_admin
 from gateway.api.admin.protocol import (
@@ -31,7 +32,6 @@ from gateway.api.admin.protocol import (
     Rollback,
     RotatedKeys,
     RoundOut,
-    Swapped,
     TenantCreate,
     TenantCreated,
     TenantOut,
@@ -193,7 +193,7 @@ async def verify(
 @router.post("/adapters/{tenant}/{name}/promote")
 async def promote(
     tenant: str, name: str, body: Promote, admin: AdminDep, state: StateDep
-) -> Swapped:
+) -> SwapResult:
     result = await state.promoter.promote(
         tenant,
         name,
@@ -204,19 +204,19 @@ async def promote(
     )
     state.route_cache.invalidate()
     state.models_cache.invalidate()
-    return Swapped(**result.as_dict())
+    return result
 
 
 @router.post("/adapters/{tenant}/{name}/rollback")
 async def rollback(
     tenant: str, name: str, body: Rollback, admin: AdminDep, state: StateDep
-) -> Swapped:
+) -> SwapResult:
     result = await state.promoter.rollback(
         tenant, name, actor=admin.actor, reason=body.reason, remote_addr=admin.remote_addr
     )
     state.route_cache.invalidate()
     state.models_cache.invalidate()
-    return Swapped(**result.as_dict())
+    return result
 
 
 @router.post("/golden", status_code=201)
