@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from gateway.core.redis import failed, redis_client
 
 log = logging.getLogger("flywheel.feedback")
 
@@ -27,9 +28,14 @@ class SharedPending:
         ttl_s: float,
         key_prefix: str = "flywheel:pending:",
         timeout_s: float = 0.5,
+        max_connections: int = 256,
+        pool_timeout_s: float = 2.0,
     ) -> None:
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        self._redis = redis_client(
+            url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
         )
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._prefix = key_prefix
@@ -49,12 +55,14 @@ class SharedPending:
         try:
             await self._redis.set(self._key(tenant_id, completion_id), b"1", px=self._ttl_ms)
         except (RedisError, OSError) as exc:
+            failed("mark")
             log.warning("could not mark completion %s as pending in Redis: %s", completion_id, exc)
 
     async def contains(self, tenant_id: str, completion_id: str) -> bool:
         try:
             return bool(await self._redis.exists(self._key(tenant_id, completion_id)))
         except (RedisError, OSError) as exc:
+            failed("check")
             log.warning("could not check pending completion %s in Redis: %s", completion_id, exc)
             return False
 

@@ -50,7 +50,12 @@ def build_limiter(settings: Settings) -> RateLimiter:
     if settings.redis_url:
         from gateway.core.ratelimit_redis import RedisRateLimiter
 
-        return RedisRateLimiter(settings.redis_url, fail_open=settings.rate_limit_fail_open)
+        return RedisRateLimiter(
+            settings.redis_url,
+            fail_open=settings.rate_limit_fail_open,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+        )
     return InMemoryRateLimiter()
 
 
@@ -77,7 +82,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     limiter = build_limiter(settings)
     pending = (
-        SharedPending(settings.redis_url, ttl_s=settings.pending_completion_ttl_s)
+        SharedPending(
+            settings.redis_url,
+            ttl_s=settings.pending_completion_ttl_s,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+        )
         if settings.redis_url
         else None
     )

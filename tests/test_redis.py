@@ -254,3 +254,49 @@ async def test_feedback_on_a_completion_in_flight_on_another_replica_is_accepted
         )
         assert unknown.status_code == 404  # still no existence oracle for unknown ids
         assert await first.state.flywheel.completions.flush()
+
+
+async def test_limits_and_pending_marks_hold_at_1000_concurrent_requests(prefix: str) -> None:
+    """1,000 requests at once over three replicas, each with a pool of 16 connections: every
+    acquire is decided by Redis (none let through for want of a connection), exactly the
+    limit passes, and every pending mark lands.  redis-py's default pool raised "Too many
+    connections" here, and the limiter then failed open."""
+    from feedback.pending import SharedPending
+    from gateway.core import metrics
+
+    def errors() -> float:
+        return sum(
+            metrics.REDIS_ERRORS.labels(op)._value.get()  # type: ignore[attr-defined]
+            for op in ("acquire", "settle", "mark", "check")
+        )
+
+    before = errors()
+    limiters = [
+        RedisRateLimiter(REDIS_URL, key_prefix=prefix, fail_open=True, max_connections=16)
+        for _ in range(3)
+    ]
+    pendings = [
+        SharedPending(REDIS_URL, ttl_s=60, key_prefix=f"{prefix}p:", max_connections=16)
+        for _ in range(3)
+    ]
+    try:
+        limits = Limits(rpm=250, tpm=10**9)
+        calls = [limiters[i % 3].acquire("burst", limits, 1) for i in range(1000)]
+        passed = await outcomes(calls)
+        for i in range(1000):
+            pendings[i % 3].mark("burst", f"cmpl-{i}")
+        for p in pendings:
+            await p.close()  # waits for its marks
+        checker = SharedPending(REDIS_URL, ttl_s=60, key_prefix=f"{prefix}p:")
+        try:
+            found = await asyncio.gather(
+                *(checker.contains("burst", f"cmpl-{i}") for i in range(1000))
+            )
+        finally:
+            await checker.close()
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+    assert errors() == before, "a Redis call failed: a limit or a mark was not enforced"
+    assert 250 <= sum(passed) <= 252, sum(passed)  # refill during the burst: a token or two
+    assert all(found)

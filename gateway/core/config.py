@@ -133,6 +133,16 @@ class Settings(BaseSettings):
         "With Redis: how long a completion id in flight on one replica stays known to the others, "
         "so feedback on it sent to another replica is accepted before its row lands.",
     )
+    redis_max_connections: int = _f(
+        256,
+        "Connections per gateway process to Redis, for the rate limiter and for pending marks "
+        "each; past it a call waits for a free one (back-pressure) instead of failing.",
+    )
+    redis_pool_timeout_s: float = _f(
+        2.0,
+        "How long a Redis call waits for a free pooled connection before it counts as a Redis "
+        "failure (then `rate_limit_fail_open` decides).",
+    )
     rate_limit_fail_open: bool = _f(
         True, "When Redis is down: true lets requests through (logged), false answers 503."
     )

@@ -71,6 +71,14 @@ REFUSED_LOADS = Counter(
 for _reason in ("signature", "engine"):
     REFUSED_LOADS.labels(_reason)  # exported as 0 before the first refusal
 GATE_OUTCOMES = Counter("flywheel_gate_outcomes", "Gate verdicts.", ["outcome"])
+REDIS_ERRORS = Counter(
+    "flywheel_redis_errors",
+    "Redis calls that failed (down, too slow, or no free pooled connection in time), by "
+    "operation: acquire/settle (rate limits), mark/check (pending completions).",
+    ["operation"],
+)
+for _op in ("acquire", "settle", "mark", "check"):
+    REDIS_ERRORS.labels(_op)  # exported as 0 before the first failure
 ROUND_SECONDS = Histogram(
     "flywheel_retrain_round_seconds", "Retrain round wall time.",
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),

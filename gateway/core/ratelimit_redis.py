@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.core.errors import RateLimited, ServiceUnavailable
 from gateway.core.ratelimit import Limits
+from gateway.core.redis import failed, redis_client
 
 log = logging.getLogger("flywheel.ratelimit")
 
@@ -98,10 +98,16 @@ class RedisRateLimiter:
         fail_open: bool = True,
         key_prefix: str = "flywheel:rl:",
         timeout_s: float = 0.5,
+        max_connections: int = 256,
+        pool_timeout_s: float = 2.0,
     ) -> None:
-        # Short timeouts: a slow or absent Redis must cost a request milliseconds, not seconds.
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        # Short socket timeouts: a slow or absent Redis must cost a request milliseconds, not
+        # seconds; a busy pool makes callers wait their turn (gateway/core/redis.py).
+        self._redis = redis_client(
+            url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
         )
         self._acquire = self._redis.register_script(ACQUIRE)
         self._settle = self._redis.register_script(SETTLE)
@@ -122,6 +128,7 @@ class RedisRateLimiter:
                 args=[limits.rpm, limits.tpm, estimated_tokens],
             )
         except (RedisError, OSError) as exc:  # down, timed out, read-only, script broken
+            failed("acquire")
             self._unreachable(exc)
             return
         if int(verdict) == 1:
@@ -139,6 +146,7 @@ class RedisRateLimiter:
         try:
             await self._settle(keys=[self._keys(tenant_id)[1]], args=[limits.tpm, delta_tokens])
         except (RedisError, OSError) as exc:
+            failed("settle")
             self._warn(f"rate-limit settlement for {tenant_id} lost, Redis unreachable: {exc}")
 
     async def close(self) -> None:
