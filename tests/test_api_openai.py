@@ -157,6 +157,20 @@ async def test_streaming_with_usage(gw: Gateway) -> None:
     assert streamed == whole.json()["choices"][0]["message"]["content"]
 
 
+async def test_streaming_with_continuous_usage(gw: Gateway) -> None:
+    """vLLM's ``continuous_usage_stats``: the running usage on every content chunk."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    req = {**CHAT, "stream": True, "stream_options": options, "max_tokens": 12, "min_tokens": 12}
+    r = await gw.client.post("/v1/chat/completions", json=req, headers=auth(gw.a))
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    counts = [c["usage"]["completion_tokens"] for c in content]
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[-1] <= 12
+    assert all(c["usage"]["prompt_tokens"] > 0 for c in content)
+    assert chunks[-1]["usage"]["completion_tokens"] == 12
+
+
 async def test_streaming_without_usage(gw: Gateway) -> None:
     r = await gw.client.post(
         "/v1/completions",

@@ -107,3 +107,57 @@ async def test_hanging_up_mid_stream_cancels_the_upstream_call(
                 ).scalar_one()
             assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
             assert row.response_text == "Hello"
+
+
+async def test_a_client_that_gives_up_on_a_non_streamed_answer_stops_the_generation(
+    tmp_path: Path, demo_base: Path
+) -> None:
+    """The embedded engine over real sockets: a client times out on a long non-streamed
+    generation; the gateway notices the hang-up, stops the engine, and logs (and charges) the
+    call as cancelled with the tokens it made, not the 2,000 it would have.  A stream cut
+    short likewise keeps its running token count."""
+    settings = make_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}", demo_base, max_tokens_limit=4096
+    )
+    app = create_app(settings)
+    async with serve_on_socket(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        state: AppState = app.state.flywheel
+        tenant = await seed_tenant(state.db, settings, "patient", {})
+        auth = {"authorization": f"Bearer {tenant.key}"}
+        body = {
+            "model": "demo-base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2000,
+            "min_tokens": 2000,  # no early end-of-sequence: only the hang-up can stop it
+            "temperature": 0,
+        }
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/chat/completions", json=body, headers=auth, timeout=1.0)
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=auth
+        ) as response:
+            seen = 0
+            async for line in response.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen > 20:
+                    break  # hang up mid-stream
+        # The non-streamed one is logged once the engine has stopped for it.
+        rows: list[Completion] = []
+        for _ in range(200):
+            assert await state.completions.flush(timeout=10)
+            async with state.db.session() as session:
+                rows = list(
+                    (
+                        await session.scalars(
+                            select(Completion).where(Completion.tenant_id == tenant.id)
+                        )
+                    ).all()
+                )
+            if len(rows) == 2:
+                break
+            await asyncio.sleep(0.05)  # polling the log for the row, not synchronising
+    assert len(rows) == 2, rows
+    for row in rows:
+        assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
+        assert 0 < row.completion_tokens < 2000, row.completion_tokens

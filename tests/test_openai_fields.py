@@ -528,7 +528,7 @@ async def test_vllm_gets_the_sampling_extras_and_response_format(
         "temperature": 0.5,
         "top_p": 1.0,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "seed": 4,
         "top_k": 20,
         "min_p": 0.05,

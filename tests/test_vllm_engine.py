@@ -276,7 +276,7 @@ async def test_stream_relay_carries_usage_on_the_last_chunk(tmp_path: Path) -> N
         )
         sent = a.bodies[-1]
         assert sent["model"] == "fw-av1" and sent["stream"] is True
-        assert sent["stream_options"] == {"include_usage": True}
+        assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
         text = GenerationRequest(
             "r", None, SamplingParams(max_tokens=4, stop=("x",), seed=3), prompt="Once"
         )

@@ -191,7 +191,9 @@ class LocalServer:
             return vllm_error(exc.status_code, exc.message, kind, exc.param)
         shape = _Shape(request.request_id, body.model, chat)
         if body.stream:
-            events = shape.sse(first, stream, include_usage=body.include_usage)
+            events = shape.sse(
+                first, stream, include_usage=body.include_usage, continuous=body.continuous_usage
+            )
             return StreamingResponse(events, media_type="text/event-stream")
         chunks = [first]
         async with contextlib.aclosing(stream):
@@ -235,6 +237,7 @@ class _Shape:
         stream: AsyncGenerator[GenerationChunk, None],
         *,
         include_usage: bool,
+        continuous: bool = False,
     ) -> AsyncIterator[str]:
         async with contextlib.aclosing(stream):
             if self.chat:
@@ -243,7 +246,8 @@ class _Shape:
             try:
                 while chunk is not None:
                     if chunk.text or chunk.finish_reason:
-                        yield self._event([self._choice(chunk.text, chunk.finish_reason)])
+                        usage = _usage(chunk) if continuous else None
+                        yield self._event([self._choice(chunk.text, chunk.finish_reason)], usage)
                     if chunk.finish_reason is not None:
                         if include_usage:
                             yield self._event([], _usage(chunk))

@@ -63,7 +63,13 @@ class Row:
                 prompt_tokens=len(self.prompt_ids),
                 completion_tokens=len(self.token_ids),
             )
-        return GenerationChunk(text=delta) if delta else None
+        if not delta:
+            return None
+        # Running counts on every chunk: a stream cut short is still charged and logged for
+        # what it generated.
+        return GenerationChunk(
+            text=delta, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.token_ids)
+        )
 
 
 class Group:

@@ -283,7 +283,9 @@ def upstream_body(request: GenerationRequest) -> dict[str, Any]:
         "temperature": s.temperature,
         "top_p": s.top_p,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        # Usage on every chunk (vLLM's continuous_usage_stats), so a stream cut short still
+        # knows how many tokens it cost.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
     if s.stop:
         body["stop"] = list(s.stop)
@@ -335,7 +337,12 @@ async def relay(
                 if reason is not None:
                     finish, tail = reason, tail + text
                 elif text:
-                    yield GenerationChunk(text)
+                    counts = usage or {}
+                    yield GenerationChunk(
+                        text,
+                        prompt_tokens=int(counts.get("prompt_tokens", 0)),
+                        completion_tokens=int(counts.get("completion_tokens", 0)),
+                    )
     if finish is None:
         raise ReplicaDown("the upstream stream ended without a finish_reason")
     usage = usage or {}

@@ -56,6 +56,8 @@ class ChatMessage(_Lenient):
 
 class StreamOptions(_Lenient):
     include_usage: bool = False
+    # vLLM's extension: the running usage on every chunk, not only on the last event.
+    continuous_usage_stats: bool = False
 
 
 class JsonSchemaFormat(_Lenient):
@@ -275,6 +277,12 @@ class _SamplingRequest(_Lenient):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and bool(
+            self.stream_options and self.stream_options.continuous_usage_stats
+        )
 
 
 class ChatCompletionRequest(_SamplingRequest):

@@ -14,7 +14,7 @@ from adapters.registry import tenant_models
 from gateway.api.body import M, parse_body
 from gateway.api.deps import AuthContext, StateDep, TenantDep, authenticate_request
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.api.openai.serving import OpenAIServing
+from gateway.api.openai.serving import OpenAIServing, client_gone
 from gateway.core.errors import FlywheelError
 
 
@@ -42,7 +42,7 @@ async def chat_completions(request: Request) -> Response:
     state, auth = await authenticate_request(request)
     serving = OpenAIServing(state)
     body = await _parse(request, serving, auth, ChatCompletionRequest)
-    return await serving.create("chat", auth, body)
+    return await serving.create("chat", auth, body, client_gone(request))
 
 
 @completions_router.post("/completions")
@@ -50,7 +50,7 @@ async def completions(request: Request) -> Response:
     state, auth = await authenticate_request(request)
     serving = OpenAIServing(state)
     body = await _parse(request, serving, auth, CompletionRequest)
-    return await serving.create("text", auth, body)
+    return await serving.create("text", auth, body, client_gone(request))
 
 
 async def _parse(request: Request, serving: OpenAIServing, auth: AuthContext, model: type[M]) -> M:

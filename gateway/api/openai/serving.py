@@ -6,17 +6,19 @@ the embedded engine and on vLLM.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
@@ -74,6 +76,9 @@ class _Call:
         self.text.append(chunk.text)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
+            self.prompt_tokens = chunk.prompt_tokens
+            self.completion_tokens = chunk.completion_tokens
+        elif chunk.completion_tokens:  # running counts: what a cancelled call is charged
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
 
@@ -187,8 +192,14 @@ class OpenAIServing:
         return model_card(model_id, self.state.engine.base_model_name, resolved, auth.tenant.name)
 
     async def create(
-        self, kind: Kind, auth: AuthContext, body: ChatCompletionRequest | CompletionRequest
+        self,
+        kind: Kind,
+        auth: AuthContext,
+        body: ChatCompletionRequest | CompletionRequest,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
     ) -> Response:
+        """``disconnected`` returns once the client has gone (see ``client_gone``): a
+        non-streamed generation is then cancelled, and logged and charged for what it made."""
         settings = self.state.settings
         received_at, t_received = _now(), time.perf_counter()  # routing and limits count too
         limits = self._limits(auth)
@@ -267,10 +278,21 @@ class OpenAIServing:
                 self._sse(call, first, stream, limits),
                 headers={**headers, "cache-control": "no-cache"},
             )
-        try:
+
+        async def collect() -> None:
             call.absorb(first)
             async for chunk in stream:
                 call.absorb(chunk)
+
+        try:
+            if disconnected is None:
+                await collect()
+            elif await _unless_gone(collect(), disconnected):
+                # The client hung up: the engine stopped (the stream is closed below); the
+                # call is logged as cancelled with the tokens it made, and charged for those.
+                await stream.aclose()
+                await self._finish(call, limits, asyncio.CancelledError())
+                return Response(status_code=499)  # nginx's "client closed request": unread
         except BaseException as exc:
             await self._finish(call, limits, exc)
             raise
@@ -392,7 +414,9 @@ class OpenAIServing:
             "system_fingerprint": call.fingerprint,
             "choices": [choice],
         }
-        if call.body.include_usage:
+        if call.body.continuous_usage:
+            payload["usage"] = call.usage()
+        elif call.body.include_usage:
             payload["usage"] = None
         return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
@@ -449,3 +473,32 @@ class OpenAIServing:
             await stream.aclose()
             if not finished:
                 await self._finish(call, limits, exc)
+
+
+async def _unless_gone(work: Awaitable[None], disconnected: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``work`` until it finishes (False) or the client disconnects first (True; the work
+    is cancelled)."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+        watch.cancel()
+        await asyncio.gather(job, watch, return_exceptions=True)
+    if job.cancelled():
+        return True
+    job.result()  # the generation's own error, if it failed
+    return False
+
+
+def client_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """Returns once the client disconnects (the body has been read, so the next ASGI message
+    is the disconnect)."""
+
+    async def wait() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait
