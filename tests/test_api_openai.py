@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,3 +371,23 @@ async def test_health(gw: Gateway) -> None:
 async def test_unknown_route_is_openai_shaped(gw: Gateway) -> None:
     r = await gw.client.get("/v1/nothing", headers=auth(gw.a))
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_rate_limit_headers_as_openai_sends_them(gw: Gateway) -> None:
+    r = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 4}, headers=auth(gw.b)
+    )
+    assert r.status_code == 200
+    h = r.headers
+    rpm, tpm = int(h["x-ratelimit-limit-requests"]), int(h["x-ratelimit-limit-tokens"])
+    assert rpm > 0 and tpm > 0
+    assert 0 <= int(h["x-ratelimit-remaining-requests"]) < rpm
+    assert 0 <= int(h["x-ratelimit-remaining-tokens"]) < tpm
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        assert re.fullmatch(r"\d+ms|\d+s|\d+m\d+s", h[name]), h[name]
+    again = await gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 4}, headers=auth(gw.b)
+    )
+    assert int(again.headers["x-ratelimit-remaining-requests"]) <= int(
+        h["x-ratelimit-remaining-requests"]
+    )

@@ -25,9 +25,41 @@ class Limits:
     tpm: int
 
 
+@dataclass(frozen=True)
+class Quota:
+    """What is left after a request was taken: OpenAI's ``x-ratelimit-*`` headers."""
+
+    limits: Limits
+    remaining_requests: float
+    remaining_tokens: float
+
+    def headers(self) -> dict[str, str]:
+        rpm, tpm = self.limits.rpm, self.limits.tpm
+        requests, tokens = max(0.0, self.remaining_requests), max(0.0, self.remaining_tokens)
+        return {
+            "x-ratelimit-limit-requests": str(rpm),
+            "x-ratelimit-limit-tokens": str(tpm),
+            "x-ratelimit-remaining-requests": str(int(requests)),
+            "x-ratelimit-remaining-tokens": str(int(tokens)),
+            # Until the bucket is full again, at the refill rate (limit per minute).
+            "x-ratelimit-reset-requests": _duration((rpm - requests) * 60.0 / rpm),
+            "x-ratelimit-reset-tokens": _duration((tpm - tokens) * 60.0 / tpm),
+        }
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's format: "1s", "6m0s", "20ms"."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.0f}s"
+
+
 class RateLimiter(Protocol):
-    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> None:
-        """Take one request and ``estimated_tokens``; raise RateLimited when over."""
+    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> Quota | None:
+        """Take one request and ``estimated_tokens``; raise RateLimited when over.  Returns what
+        is left (None when it cannot say: Redis away and failing open)."""
 
     async def settle(self, tenant_id: str, limits: Limits, delta_tokens: int) -> None:
         """Charge (or refund, when negative) the difference between real and estimated usage."""
@@ -58,7 +90,7 @@ class InMemoryRateLimiter:
         bucket.refill(capacity, now)
         return bucket
 
-    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> None:
+    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> Quota:
         now = self._clock()
         req = self._bucket(self._requests, tenant_id, limits.rpm, now)
         tok = self._bucket(self._tokens, tenant_id, limits.tpm, now)
@@ -77,6 +109,7 @@ class InMemoryRateLimiter:
             )
         req.level -= 1
         tok.level -= estimated_tokens
+        return Quota(limits, req.level, tok.level)
 
     async def settle(self, tenant_id: str, limits: Limits, delta_tokens: int) -> None:
         now = self._clock()

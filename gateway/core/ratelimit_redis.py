@@ -19,7 +19,7 @@ import time
 from redis.exceptions import RedisError
 
 from gateway.core.errors import RateLimited, ServiceUnavailable
-from gateway.core.ratelimit import Limits
+from gateway.core.ratelimit import Limits, Quota
 from gateway.core.redis import failed, redis_client
 
 log = logging.getLogger("flywheel.ratelimit")
@@ -51,7 +51,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
 # KEYS: requests bucket, tokens bucket.  ARGV: rpm, tpm, estimated tokens.
-# Returns {0, ""} when taken, or {1|2, retry_after} when over the request|token limit.
+# Returns {0, "", requests left, tokens left} when taken, or {1|2, retry_after} when over the
+# request|token limit.
 ACQUIRE = (
     _REFILL
     + """
@@ -73,7 +74,7 @@ if tok < need then
 end
 store(KEYS[1], req - 1, rpm, now)
 store(KEYS[2], tok - estimate, tpm, now)
-return {0, ""}
+return {0, "", tostring(req - 1), tostring(tok - estimate)}
 """
 )
 
@@ -121,16 +122,16 @@ class RedisRateLimiter:
         base = f"{self.key_prefix}{{{tenant_id}}}"
         return f"{base}:req", f"{base}:tok"
 
-    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> None:
+    async def acquire(self, tenant_id: str, limits: Limits, estimated_tokens: int) -> Quota | None:
         try:
-            verdict, wait = await self._acquire(
+            verdict, wait, *left = await self._acquire(
                 keys=list(self._keys(tenant_id)),
                 args=[limits.rpm, limits.tpm, estimated_tokens],
             )
         except (RedisError, OSError) as exc:  # down, timed out, read-only, script broken
             failed("acquire")
             self._unreachable(exc)
-            return
+            return None
         if int(verdict) == 1:
             raise RateLimited(
                 f"Rate limit reached: {limits.rpm} requests per minute.", retry_after=float(wait)
@@ -139,6 +140,7 @@ class RedisRateLimiter:
             raise RateLimited(
                 f"Rate limit reached: {limits.tpm} tokens per minute.", retry_after=float(wait)
             )
+        return Quota(limits, float(left[0]), float(left[1]))
 
     async def settle(self, tenant_id: str, limits: Limits, delta_tokens: int) -> None:
         if delta_tokens == 0:

@@ -226,7 +226,7 @@ class OpenAIServing:
         # ~4 characters per token is the usual estimate; real usage is settled afterwards.
         estimate = prompt_chars // 4 + sampling.max_tokens
         try:
-            await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
+            quota = await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
         except RateLimited:
             tenant = metrics.tenant(auth.tenant.id)
             metrics.RATE_LIMITED.labels(tenant).inc()
@@ -259,6 +259,8 @@ class OpenAIServing:
         if self.state.pending is not None:  # other replicas accept feedback on it meanwhile
             self.state.pending.mark(auth.tenant.id, call.id)
         headers = self._headers(call)
+        if quota is not None:  # OpenAI's x-ratelimit-* headers, after this request's share
+            headers.update(quota.headers())
         call.t_engine = time.perf_counter()
         stream: AsyncGenerator[GenerationChunk, None] | None = None
         try:
