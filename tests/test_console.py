@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api.console import STATIC
+from gateway.api.console import FILES, STATIC
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from tests.helpers import make_settings, running_app, seed_tenant, serve_on_socket
@@ -37,10 +37,14 @@ async def test_console_files_are_served_with_a_strict_policy(
         csp = page.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert "unsafe-inline" not in csp
-        for name in ("console.js", "console-api.js", "console.css"):
+        for name in FILES:
             asset = await client.get(f"/console/{name}")
             assert asset.status_code == 200 and asset.headers["x-content-type-options"] == "nosniff"
-            assert f"/console/{name}" in page.text or name == "console-api.js"
+        for name in ("console.js", "console.css"):  # the others are imported by console.js
+            assert f"/console/{name}" in page.text
+        script = (STATIC / "console.js").read_text()
+        imported = set(re.findall(r'from "/console/([^"]+)"', script))
+        assert imported == set(FILES) - {"console.js", "console.css"}
         missing = await client.get("/console/..%2Fconsole.py")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert "/console" not in (await client.get("/openapi.json")).json()["paths"]
@@ -98,8 +102,9 @@ async def test_console_client_drives_the_admin_api(
                 path=demo_adapters[1],
                 sign=True,
             )
-        check = await asyncio.create_subprocess_exec("node", "--check", str(STATIC / "console.js"))
-        assert await check.wait() == 0  # the page's own script parses
+        for script in ("console.js", "console-ui.js", "console-names.js"):
+            check = await asyncio.create_subprocess_exec("node", "--check", str(STATIC / script))
+            assert await check.wait() == 0, script  # the page's own scripts parse
         token = local_admin_token(settings)
         assert token
         node = await asyncio.create_subprocess_exec(
@@ -132,3 +137,32 @@ async def test_console_client_drives_the_admin_api(
     assert report["badToken"]["error"]["status"] == 401
     assert report["unknownTenant"]["error"]["status"] == 404
     assert report["unreachable"]["error"]["code"] == "network_error"
+
+
+async def test_console_names_ids_and_knows_where_a_rollback_goes() -> None:
+    """console-names.js in Node: ids from rounds and gate reports become names, and a rollback
+    target is worked out from the audit log as adapters/promotion.py works it out from routes."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Node.js is required in CI for the console's name resolution test")
+        pytest.skip("Node.js is not installed")
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(Path(__file__).parent / "js" / "console_names.mjs"),
+        str(STATIC / "console-names.js"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(node.communicate(), timeout=60)
+    assert node.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["tenant"] == "globex" and report["unknownTenant"] == "unknown tenant"
+    assert report["version"] == "support@2" and report["noVersion"] is None
+    assert report["adapter"] == "support"
+    assert report["targets"] == {
+        "acme/support": 1,  # promoted 1 -> 2; 3 was rejected and is never a target
+        "acme/solo": None,  # one version: the gateway would answer 409
+        "globex/support": None,  # its other version is a candidate, not servable
+    }
+    # With the audit window full and the swap not in it, the console cannot name the target.
+    assert report["windowFull"]["acme/support"] == "previous"

@@ -19,6 +19,8 @@ STATIC = Path(__file__).parent / "static"
 FILES = {
     "console.js": "text/javascript",
     "console-api.js": "text/javascript",
+    "console-names.js": "text/javascript",
+    "console-ui.js": "text/javascript",
     "console.css": "text/css",
 }
 HEADERS = {

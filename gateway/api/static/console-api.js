@@ -12,6 +12,16 @@ export class AdminError extends Error {
 
 const q = encodeURIComponent;
 
+const statusLine = (response) => `${response.status} ${response.statusText || ""}`.trim();
+
+function notJson(response, text) {
+  const kind = /^\s*</.test(text) ? "an HTML page" : "something other than JSON";
+  return (
+    `The gateway answered ${statusLine(response)} with ${kind}, not an admin API answer ` +
+    "(is a proxy in the way?)."
+  );
+}
+
 export class AdminClient {
   constructor(token, base = "") {
     this.token = token;
@@ -32,18 +42,20 @@ export class AdminClient {
       throw new AdminError(0, `The gateway did not answer: ${err.message}`, "network_error");
     }
     const text = await response.text();
-    let data = null;
+    let data;
     try {
       data = text ? JSON.parse(text) : null;
     } catch {
-      data = null;
+      // Not Flywheel's answer: a proxy, a login page, a load balancer's error page.  Its HTML
+      // is never shown; the status says what happened.
+      throw new AdminError(response.status, notJson(response, text), "not_json");
     }
     if (!response.ok) {
       // Flywheel's errors are OpenAI-shaped: {"error": {"message", "type", "param", "code"}}.
       const error = (data && data.error) || {};
       throw new AdminError(
         response.status,
-        error.message || text || response.statusText,
+        error.message || `The gateway answered ${statusLine(response)}.`,
         error.code || null,
       );
     }
