@@ -19,7 +19,7 @@ column cannot hold both types.
 
 Provenance rides in a ``meta`` column (feedback id, completion id, adapter and version id,
 kind, signal).  TRL's KTO and DPO trainers drop columns they do not use before collating
-(tests/test_feedback_export.py trains one step on exactly these rows), so it can stay in.
+(tests/feedback/test_feedback_export.py trains one step on exactly these rows), so it can stay in.
 
 Only completions that finished (``status = ok``) are exported; completions stored without
 content (tenant ``store_content=False``) are skipped and counted in ``Selection``.

@@ -54,7 +54,7 @@ _QA: tuple[tuple[str, str], ...] = (
 )
 
 # Measured on SmolLM2-135M-Instruct (2 CPU cores): about 30 s per adapter, and both styles are
-# followed on prompts outside this list (tests/test_real_model.py).
+# followed on prompts outside this list (tests/e2e/test_real_model.py).
 DEMO_HYPERPARAMETERS = Hyperparameters(
     learning_rate=3e-4,
     num_epochs=6,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium and its driver, for the console's browser tests (tests/test_console_browser.py,
+# Debian's Chromium and its driver, for the console's browser tests (tests/gateway/api/test_console_browser.py,
 # which Playwright drives by executable path: no browser is downloaded by Playwright itself).
 # Idempotent: does nothing when /usr/bin/chromium is there already.
 set -euo pipefail

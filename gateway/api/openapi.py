@@ -4,7 +4,7 @@ FastAPI derives the schema from signatures, which misses three things here: the 
 feedback routes read their own bodies (for speed and for CORS-aware errors), so no request body
 was declared; every route but the health checks takes a bearer token, which no security scheme
 said; and a validation failure is a 400 in OpenAI's error envelope, not FastAPI's 422.  Clients,
-generators and fuzzers (tests/test_fuzz.py) read this document, so it must say what happens.
+generators and fuzzers (tests/e2e/test_fuzz.py) read this document, so it must say what happens.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ async def _loop(db: Database, s: Settings, url: str, n_edits: int) -> None:
     base = await asyncio.to_thread(resolve_base, s)
     tiny = is_demo_base(base.path)
     # The tiny random base only shows mechanics: its text is noise, and a LoRA moves it only at
-    # a much larger learning rate (tests/test_retrain_core.py measures why).
+    # a much larger learning rate (tests/retrain/test_retrain_core.py measures why).
     overrides: dict[str, Any] = {"learning_rate": 3e-3, "num_epochs": 5} if tiny else {}
     max_tokens = 12 if tiny else 48
     heldout = list(LOOP_HELDOUT_PROMPTS)

@@ -311,7 +311,7 @@ def render_docs() -> str:
         "",
         "Every setting is an environment variable (or a line in `.env`). This page is generated",
         "from `gateway/core/config.py` by `python -m gateway.core.config > docs/configuration.md`;",
-        "`tests/test_config.py` fails when the two disagree.",
+        "`tests/core/test_config.py` fails when the two disagree.",
         "",
         "| variable | default | what it does |",
         "| --- | --- | --- |",

@@ -3,7 +3,7 @@
 The same code paths as on CPU (``device="cuda"`` selects bf16 weights, TRL's ``bf16=True`` and
 activation checkpointing); never faked.  It needs neither vllm nor a database, so it also runs
 where only torch, transformers, PEFT and TRL are installed:
-``pytest --noconftest -p no:cacheprovider tests/test_cuda.py``.
+``pytest --noconftest -p no:cacheprovider tests/engine/test_cuda.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU", allow_module_level=True)
 
 from retrain.plan import make_plan, row_kind, split_heldout  # noqa: E402
-from tests.test_retrain_core import TINY_BASE, _pairs, _thumbs  # noqa: E402
+from tests.retrain.test_retrain_core import TINY_BASE, _pairs, _thumbs  # noqa: E402
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 

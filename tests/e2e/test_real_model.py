@@ -24,7 +24,6 @@ from openai import OpenAI
 from retrain.demo import GLOBEX_OPENING, GLOBEX_SIGNOFF
 from tests.helpers import free_port, wait_until_up
 
-REPO = Path(__file__).resolve().parent.parent
 # First start trains two adapters and the loop a round, on 2 CPU cores: minutes, not seconds
 # (a whole run: 15.6 min, first start 242 s, the loop 679 s). CI runs it (.ci/run sets
 # FLYWHEEL_TEST_REAL_MODEL=1); on a laptop it is opt-in.

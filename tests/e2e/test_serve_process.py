@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import METRICS_AUTH, METRICS_TOKEN, free_port, wait_until_up
+from tests.helpers import METRICS_AUTH, METRICS_TOKEN, REPO, free_port, wait_until_up
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 

@@ -48,8 +48,9 @@ import typer.main
 import yaml
 
 from gateway.cli import main
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DEPLOY = ROOT / "deploy"
 SHELL_BLOCKS = {"bash", "sh", "shell", "console", "zsh"}
 # Commands that run another command given later on their line: `flywheel` after one of these

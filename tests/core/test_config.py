@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from gateway.core.config import Settings, render_docs
+from tests.helpers import REPO
 
 
 def test_configuration_doc_is_current() -> None:
-    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    doc = (REPO / "docs" / "configuration.md").read_text()
     assert doc == render_docs(), "run: python -m gateway.core.config > docs/configuration.md"
 
 

