@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port
+from tools.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Log lines that open a phase of the first start (gateway/services/bootstrap.py, adapters/base_models.py).

@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import free_port, wait_until_up
+from tools.harness import free_port, wait_until_up
 
 BASE = "fake-base"
 LITELLM_VENV_BIN = Path.home() / ".cache/flywheel-bench/litellm-venv/bin/litellm"

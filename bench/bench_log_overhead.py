@@ -29,7 +29,7 @@ from feedback.journal import Journal
 from feedback.log import CompletionLog
 from gateway.app import create_app
 from gateway.core.config import Settings
-from tests.helpers import make_settings, running_app, seed_tenant
+from tools.harness import make_settings, running_app, seed_tenant
 
 BODY = {
     "model": "bot",

@@ -29,7 +29,7 @@ from typing import Any
 from gateway.core.config import Settings
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
-from tests.helpers import free_port, wait_until_up
+from tools.harness import free_port, wait_until_up
 
 REPLICAS = 3
 BUDGET = 8

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from adapters.demo import build_demo_base
-from tests.helpers import free_port, start_serve, wait_until_up
+from tools.harness import free_port, start_serve, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from typing import Any
 from adapters.demo import build_demo_adapter, build_demo_base
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
-from tests.helpers import make_settings, running_app, seed_tenant
+from tools.harness import make_settings, running_app, seed_tenant
 
 BODY = {
     "model": "bot",

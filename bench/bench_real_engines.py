@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 
 from bench.bench_gateway_overhead import litellm_bin
-from tests.helpers import free_port, wait_until_up
+from tools.harness import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 # The embedded engine as it was before the CPU work this benchmark measures (bfloat16 on

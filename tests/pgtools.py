@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port
+from tools.harness import free_port
 
 SERVER_USER = "postgres"
 

@@ -14,7 +14,7 @@ from adapters.registry import get_adapter
 from gateway.core.db.models import GoldenSet
 from gateway.core.db.session import Database
 from gateway.core.errors import InvalidRequest, NotFound
-from tests.helpers import make_settings, seed_tenant
+from tools.harness import make_settings, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 V1 = '{"prompt": "Refund policy?", "reference": "Five days.", "checks": [{"type": "contains", "value": "days"}]}'

@@ -20,7 +20,7 @@ from gateway.core.admin_tokens import local_admin_token
 from gateway.core.config import Settings
 from gateway.core.db.models import AuditEvent, RouteEvent
 from gateway.core.db.session import Database
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 PROMPT = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.config import Settings, render_docs
-from tests.helpers import REPO
+from tools.harness import REPO
 
 
 def test_configuration_doc_is_current() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.core.logs import make_handler
-from tests.helpers import make_settings, running_app, seed_tenant
+from tools.harness import make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 SECRET_PROMPT = "my card number is 4111"

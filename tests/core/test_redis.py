@@ -22,7 +22,7 @@ from gateway.core.config import Settings
 from gateway.core.errors import RateLimited, ServiceUnavailable
 from gateway.core.ratelimit import InMemoryRateLimiter, Limits, RateLimiter
 from gateway.core.ratelimit_redis import RedisRateLimiter
-from tests.helpers import free_port
+from tools.harness import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -178,7 +178,7 @@ def replica_settings(
 ) -> tuple[Settings, Settings]:
     """Two gateway replicas on one database and one Redis.  Each has its own data directory
     (its own spool); the second trusts the first's signing key."""
-    from tests.helpers import make_settings
+    from tools.harness import make_settings
 
     a = make_settings(tmp_path / "a", database_url, base, redis_url=REDIS_URL, **first)
     b = make_settings(
@@ -201,7 +201,7 @@ async def test_two_gateways_share_a_tenants_limit(
     """Two whole gateway apps (two replicas) on one database and one Redis: N, not 2N."""
     from gateway.app import create_app
     from gateway.core.tenants import update_tenant
-    from tests.helpers import running_app, seed_tenant
+    from tools.harness import running_app, seed_tenant
 
     settings, other = replica_settings(tmp_path, fresh_database_url, demo_base)
     first, second = create_app(settings), create_app(other)
@@ -231,7 +231,7 @@ async def test_feedback_on_a_completion_in_flight_on_another_replica_is_accepted
     """Replica A answered but has not written the row yet (its batch is waiting); the client's
     backend posts feedback with the tenant key, and the load balancer sends it to replica B."""
     from gateway.app import create_app
-    from tests.helpers import running_app, seed_tenant
+    from tools.harness import running_app, seed_tenant
 
     slow, other = replica_settings(
         tmp_path, fresh_database_url, demo_base, log_flush_interval_s=3600

@@ -31,7 +31,7 @@ import yaml
 import gateway.cli
 from adapters.base_models import DEFAULT_BASE, SMOLLM2, TINY_BASE, resolve_base
 from gateway.core.config import Settings
-from tests.helpers import REPO
+from tools.harness import REPO
 
 ROOT = REPO
 DEPLOY = ROOT / "deploy"

@@ -48,7 +48,7 @@ import typer.main
 import yaml
 
 from gateway.cli import main
-from tests.helpers import REPO
+from tools.harness import REPO
 
 ROOT = REPO
 DEPLOY = ROOT / "deploy"

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from gateway.core.db.models import Completion, Feedback
 from gateway.core.db.session import Database
-from tests.helpers import demo_keys, free_port, start_serve, wait_until_up
+from tools.harness import demo_keys, free_port, start_serve, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.helpers import free_port, wait_until_up
+from tools.harness import free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 FLYWHEEL = [sys.executable, "-m", "gateway.cli.main"]

@@ -26,7 +26,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import demo_keys, free_port, start_serve, wait_until_up
+from tools.harness import demo_keys, free_port, start_serve, wait_until_up
 
 ADMIN_TOKEN = "fuzz-admin-token-at-least-32-characters"
 EXAMPLES = int(os.environ.get("FLYWHEEL_FUZZ_EXAMPLES", "25"))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from retrain.rounds import prepare, run_round
-from tests.helpers import make_settings, running_app, seed_tenant
+from tools.harness import make_settings, running_app, seed_tenant
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
 

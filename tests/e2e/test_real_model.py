@@ -22,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 from retrain.demo import GLOBEX_OPENING, GLOBEX_SIGNOFF
-from tests.helpers import free_port, wait_until_up
+from tools.harness import free_port, wait_until_up
 
 # First start trains two adapters and the loop a round, on 2 CPU cores: minutes, not seconds
 # (a whole run: 15.6 min, first start 242 s, the loop 679 s). CI runs it (.ci/run sets

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import METRICS_AUTH, METRICS_TOKEN, REPO, free_port, wait_until_up
+from tools.harness import METRICS_AUTH, METRICS_TOKEN, REPO, free_port, wait_until_up
 
 pytestmark = pytest.mark.slow
 

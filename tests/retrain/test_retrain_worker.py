@@ -19,7 +19,7 @@ from gateway.core.db.models import Completion, Feedback, TrainingRound
 from gateway.core.db.session import Database
 from gateway.core.time import as_utc
 from retrain.worker import claim, recover, schedule
-from tests.helpers import make_settings, seed_tenant
+from tools.harness import make_settings, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

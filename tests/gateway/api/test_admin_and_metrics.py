@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from gateway.core.db.models import AuditEvent, Completion
-from tests.helpers import METRICS_AUTH, REPO, SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import METRICS_AUTH, REPO, SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.core.db.session import Database
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

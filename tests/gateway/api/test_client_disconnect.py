@@ -21,7 +21,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.core.db.models import Completion
 from gateway.state import AppState
-from tests.helpers import make_settings, seed_tenant, serve_on_socket
+from tools.harness import make_settings, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.api.console import FILES, STATIC
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
-from tests.helpers import make_settings, running_app, seed_tenant, serve_on_socket
+from tools.harness import make_settings, running_app, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

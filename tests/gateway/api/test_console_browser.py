@@ -27,7 +27,7 @@ import pytest_asyncio
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from gateway.core.db.models import GateReport, TrainingRound
-from tests.helpers import make_settings, seed_tenant, serve_on_socket
+from tools.harness import make_settings, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

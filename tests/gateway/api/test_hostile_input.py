@@ -19,7 +19,7 @@ import pytest_asyncio
 from feedback.spool import Record
 from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

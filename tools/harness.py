@@ -1,5 +1,5 @@
-"""Factories shared by the tests and benchmarks: settings for a throwaway gateway, seeded
-tenants, ports, and waiting for a server process to come up."""
+"""The harness the tests and the benchmarks share (bench/ never imports tests/): settings for a
+throwaway gateway, seeded tenants, ports, a gateway process, and waiting for one to come up."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ async def serve_on_socket(app: Any) -> AsyncIterator[str]:
         sock.close()
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # the repository root
 
 
 def start_serve(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
