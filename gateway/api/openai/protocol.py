@@ -93,7 +93,41 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 LOGIT_BIAS_LIMIT = 100.0
 
 
+# vLLM's own request extensions that change the answer, with the value that changes nothing.
+# The gateway does not pass these on (yet): set to anything else, each is refused by name
+# rather than dropped.  Other unknown fields stay ignored, as the OpenAI SDKs send some.
+VLLM_ONLY_NEUTRAL: dict[str, tuple[object, ...]] = {
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "guided_decoding_backend": (None,),
+    "guided_whitespace_pattern": (None,),
+    "structured_outputs": (None,),
+    "stop_token_ids": (None, []),
+    "bad_words": (None, []),
+    "allowed_token_ids": (None,),
+    "ignore_eos": (None, False),
+    "include_stop_str_in_output": (None, False),
+    "skip_special_tokens": (None, True),
+    "spaces_between_special_tokens": (None, True),
+    "truncate_prompt_tokens": (None,),
+    "prompt_logprobs": (None,),
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
+    "priority": (None, 0),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "documents": (None,),
+    "mm_processor_kwargs": (None,),
+    "return_tokens_as_token_ids": (None, False),
+}
+
+
 class _SamplingRequest(_Lenient):
+    # Extras are kept (not dropped) so the vLLM-only ones above can be refused by name.
+    model_config = ConfigDict(extra="allow")
+
     model: str = Field(min_length=1)
     max_tokens: PositiveInt | None = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -193,6 +227,15 @@ class _SamplingRequest(_Lenient):
                 param="top_logprobs",
                 code="invalid_value",
             )
+        for name, neutral in VLLM_ONLY_NEUTRAL.items():
+            value = (self.model_extra or {}).get(name)
+            if value not in neutral:
+                raise InvalidRequest(
+                    f"'{name}' (a vLLM extension) is not supported by this gateway yet; "
+                    "docs/api.md lists what each engine honours.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
         for name in self.requested_fields():
             if name not in capabilities.fields:
                 raise InvalidRequest(

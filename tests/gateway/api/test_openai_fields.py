@@ -639,3 +639,43 @@ async def test_local_engine_refuses_what_the_embedded_engine_cannot_do(tmp_path:
             r = await local.post("/v1/chat/completions", json=body)
             assert r.status_code == 400, r.text
             assert r.json()["error"]["param"] == field
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"guided_json": {"type": "object"}}, "guided_json"),
+        ({"guided_choice": ["yes", "no"]}, "guided_choice"),
+        ({"stop_token_ids": [2]}, "stop_token_ids"),
+        ({"ignore_eos": True}, "ignore_eos"),
+        ({"skip_special_tokens": False}, "skip_special_tokens"),
+        ({"use_beam_search": True}, "use_beam_search"),
+    ],
+)
+def test_vllm_only_extensions_are_refused_by_name_not_dropped(
+    extra: dict[str, Any], param: str
+) -> None:
+    from gateway.api.openai.protocol import ChatCompletionRequest
+    from gateway.core.errors import InvalidRequest
+    from gateway.engine.base import SAMPLING_EXTRAS, Capabilities
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    for caps in (Capabilities("embedded", SAMPLING_EXTRAS), Capabilities("vLLM", SAMPLING_EXTRAS)):
+        with pytest.raises(InvalidRequest) as refused:
+            ChatCompletionRequest.model_validate(body).check(caps)
+        assert refused.value.param == param
+
+
+def test_neutral_vllm_extensions_and_unknown_fields_pass() -> None:
+    from gateway.api.openai.protocol import ChatCompletionRequest
+    from gateway.engine.base import SAMPLING_EXTRAS, Capabilities
+
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "ignore_eos": False,
+        "skip_special_tokens": True,
+        "stop_token_ids": [],
+        "some_sdk_field": 1,  # unknown fields stay ignored (the SDKs send some)
+    }
+    ChatCompletionRequest.model_validate(body).check(Capabilities("embedded", SAMPLING_EXTRAS))
