@@ -88,11 +88,9 @@ class Journal:
         self._close_current()
 
     def _open_new(self) -> None:
-        if self._fd is not None:
-            old = self._current
-            self._close_current()
-            if old is not None and old not in self._open_rows:
-                old.unlink(missing_ok=True)
+        # A full file still holds unresolved rows (one whose rows all landed was closed and
+        # unlinked by ``resolve``): close it; ``resolve`` unlinks it once they land.
+        self._close_current()
         self._seq += 1
         name = f"journal-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
         self._current = self.directory / name
