@@ -25,8 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from gateway.engine.embedded_fast import native_bf16_cpu
 from gateway.engine.embedded_logits import row_logits
 from gateway.engine.embedded_text import StreamText
 from gateway.engine.embedded_worker import EngineWorker, RowStats
+from gateway.engine.residency import Residency
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,7 +117,6 @@ class EmbeddedEngine:
         self._device = device
         self._dtype = resolve_dtype(dtype, device, base_model)
         self._max_batch_size = max_batch_size
-        self.max_loras = max_loras
         self.max_model_len = max_model_len
         self._verifier = verifier
         self._worker: EngineWorker | None = None
@@ -133,10 +132,8 @@ class EmbeddedEngine:
         self._thread_tokenizer: Any = None
         self._longest_token = 0  # characters; bounds a prompt's tokens from below, for free
         self._outbox: list[Row] = []
-        self._resident: OrderedDict[str, AdapterRef] = OrderedDict()  # least recently used first
-        self._in_flight: Counter[str] = Counter()
+        self._residency = Residency(max_loras)  # the same book-keeping as a vLLM replica's
         self._idle_waiters: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         # Metrics.
         self.loads = 0
         self.evictions = 0
@@ -177,7 +174,7 @@ class EmbeddedEngine:
         worker.stop()
         await asyncio.to_thread(worker.join)
         self._encoder.shutdown(wait=False, cancel_futures=True)
-        self._resident.clear()
+        self._residency.clear()
 
     def ready(self) -> bool:
         return self._worker is not None
@@ -199,11 +196,15 @@ class EmbeddedEngine:
 
     # --- adapters ------------------------------------------------------------------------------
 
+    @property
+    def max_loras(self) -> int:
+        return self._residency.budget
+
     def loaded_adapters(self) -> list[str]:
-        return list(self._resident)
+        return self._residency.names()
 
     def stats(self) -> dict[str, ReplicaStats]:
-        return {"embedded": ReplicaStats(len(self._resident), self.loads, self.evictions)}
+        return {"embedded": ReplicaStats(len(self._residency), self.loads, self.evictions)}
 
     async def load_adapter(self, adapter: AdapterRef) -> None:
         """Verify and load ``adapter``; idempotent; concurrent calls for one name load once."""
@@ -211,7 +212,7 @@ class EmbeddedEngine:
         name = adapter.engine_name
         if self._touch(name):
             return
-        async with self._lock(name):
+        async with self._residency.lock(name):
             if self._touch(name):
                 return
             if self._verifier is not None:
@@ -221,8 +222,11 @@ class EmbeddedEngine:
             self.last_load_seconds = time.perf_counter() - started
             metrics.ADAPTER_LOAD_SECONDS.labels("embedded").observe(self.last_load_seconds)
             self.loads += 1
-            self._resident[name] = adapter
-        self._evict_excess(keep=name)
+            # Loaded first, reserved after: unlike a replica across HTTP, a load here cannot
+            # fail half-way, and the adapters it displaces were idle when it finished.
+            victims = self._residency.reserve(name, str(adapter.path)).evict_first
+            self._residency.confirm(name, verified=self._verifier is not None)
+        self._unload(victims)
 
     async def unload_adapter(self, engine_name: str) -> None:
         """Delete an adapter once no request is using it."""
@@ -231,57 +235,47 @@ class EmbeddedEngine:
             # Wait for idleness *outside* the name's lock: a request counts itself in flight
             # before it may wait on that lock to load the adapter again, so waiting under the
             # lock deadlocks (seen as a hung swap-under-load test).
-            while self._in_flight[engine_name]:
+            while self._residency.in_flight(engine_name):
                 idle = self._idle_waiters.setdefault(engine_name, asyncio.Event())
                 await idle.wait()
-            async with self._lock(engine_name):
-                if self._in_flight[engine_name]:
+            async with self._residency.lock(engine_name):
+                if self._residency.in_flight(engine_name):
                     continue  # a request came for it meanwhile: wait for that one too
-                if self._resident.pop(engine_name, None) is None:
+                if engine_name not in self._residency:
                     return
+                self._residency.drop(engine_name)
                 await asyncio.wrap_future(worker.call(partial(worker.delete_adapter, engine_name)))
                 return
 
     def _touch(self, name: str) -> bool:
-        if name not in self._resident:
+        if name not in self._residency:
             return False
-        self._resident.move_to_end(name)
+        self._residency.touch(name)
         return True
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    def _unload(self, victims: Iterable[str]) -> None:
+        """Delete evicted adapters from the model, in the background.
 
-    def _evict_excess(self, *, keep: str | None = None) -> None:
-        """Delete least recently used idle adapters while more than ``max_loras`` are resident."""
+        Fire and forget: the engine thread runs jobs in order, so a later reload of the same
+        name cannot overtake its delete.
+        """
         worker = self._worker
-        while worker is not None and len(self._resident) > self.max_loras:
-            victim = next((n for n in self._resident if self._evictable(n, keep)), None)
-            if victim is None:
-                return  # every other adapter is busy; retried when a request finishes
-            del self._resident[victim]
+        for victim in victims:
             self.evictions += 1
-            # Fire and forget: the engine thread runs jobs in order, so a later reload of the
-            # same name cannot overtake this delete.
-            worker.call(partial(worker.delete_adapter, victim))
-
-    def _evictable(self, name: str, keep: str | None) -> bool:
-        return name != keep and not self._in_flight[name] and not self._lock(name).locked()
+            if worker is not None:
+                worker.call(partial(worker.delete_adapter, victim))
 
     def _acquire(self, name: str | None) -> None:
         if name is not None:
-            self._in_flight[name] += 1
+            self._residency.begin(name)
 
     def _release(self, name: str | None) -> None:
-        if name is None:
+        if name is None or not self._residency.end(name):
             return
-        self._in_flight[name] -= 1
-        if self._in_flight[name] > 0:
-            return
-        del self._in_flight[name]
         idle = self._idle_waiters.pop(name, None)
         if idle is not None:
             idle.set()
-        self._evict_excess()
+        self._unload(self._residency.shed())  # a load made while all were busy overshot
 
     # --- generation ----------------------------------------------------------------------------
 

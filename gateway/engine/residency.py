@@ -1,4 +1,7 @@
-"""Which adapters one vLLM replica holds: the budget, LRU order, requests in flight, locks.
+"""Which adapters one replica holds: the budget, LRU order, requests in flight, locks.
+
+One book-keeper for both engines: each vLLM replica has one (``gateway/engine/vllm.py``), and
+so does the embedded engine, whose one "replica" is its own process.
 
 Pure book-keeping, no I/O: every decision (reserve a slot, pick eviction victims) is made
 synchronously, between two awaits, so concurrent requests on the event loop never see a
@@ -135,6 +138,22 @@ class Residency:
             entry.loaded, entry.verified, entry.evict_first = True, verified, ()
             self._entries.move_to_end(name)
             self._stamp(name)
+
+    def shed(self) -> list[str]:
+        """Remove least recently used idle adapters while over budget; return them.
+
+        A reservation made while every other adapter was busy leaves the replica over budget;
+        whoever ends the last request of an adapter calls this, and unloads what it returns.
+        """
+        victims: list[str] = []
+        for candidate in list(self._entries):
+            if len(self._entries) <= self.budget:
+                break
+            if self.evictable(candidate):
+                del self._entries[candidate]
+                self._stamp(candidate)
+                victims.append(candidate)
+        return victims
 
     def drop(self, name: str) -> None:
         if self._entries.pop(name, None) is not None:

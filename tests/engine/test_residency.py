@@ -1,4 +1,4 @@
-"""Residency book-keeping and the placement policy, without I/O."""
+"""Residency book-keeping (both engines) and vLLM's placement policy, without I/O."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ async def test_busy_and_locked_adapters_are_not_evicted() -> None:
     assert res.has_room()
     assert res.reserve("c", "/p/c").evict_first == ("b",)
     assert res.end("a") is True and res.evictable("a")
+
+
+async def test_shed_brings_an_overshoot_back_within_budget_once_idle() -> None:
+    res = loaded(2, "a", "b")
+    res.begin("a"), res.begin("b"), res.begin("c")  # c's request counts before its load
+    assert res.reserve("c", "/p/c").evict_first == ()  # all busy: over budget for now
+    res.confirm("c", verified=True)
+    assert res.shed() == [] and len(res) == 3
+    assert res.end("a") is True
+    assert res.shed() == ["a"] and res.names() == ["b", "c"]
+    assert res.end("c") is True and res.shed() == []
 
 
 async def test_reserved_but_unconfirmed_is_not_evictable() -> None:
