@@ -99,6 +99,7 @@ class Capabilities:
 
     engine: str  # how the engine is called in error messages: "embedded", "vLLM"
     fields: frozenset[str]
+    dora: bool = False  # serves DoRA adapters (PEFT use_dora=True)
 
 
 # A base directory holding this file is the random-weight demo base (adapters/demo.py builds
@@ -108,21 +109,6 @@ DEMO_MARKER = "flywheel-demo.json"
 
 def is_demo_base(path: Path) -> bool:
     return (path / DEMO_MARKER).exists()
-
-
-# The sampling controls beyond OpenAI's basics that both engines honour (vLLM natively, the
-# embedded engine as logits processors, gateway/engine/embedded_logits.py).
-SAMPLING_EXTRAS = frozenset(
-    {
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "min_tokens",
-    }
-)
 
 
 # Called before any adapter is loaded; raises AdapterLoadRefused when it must not be.

@@ -37,15 +37,14 @@ from gateway.core import metrics
 from gateway.core.config import Settings
 from gateway.core.errors import EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import (
-    SAMPLING_EXTRAS,
     AdapterRef,
-    Capabilities,
     GenerationChunk,
     GenerationRequest,
     ReplicaStats,
     Verifier,
     is_demo_base,
 )
+from gateway.engine.capabilities import EMBEDDED
 from gateway.engine.embedded_batch import Emit, Row
 from gateway.engine.embedded_fast import native_bf16_cpu
 from gateway.engine.embedded_logits import row_logits
@@ -74,9 +73,7 @@ def resolve_dtype(dtype: str, device: str, base_model: str | Path | None = None)
 class EmbeddedEngine:
     """In-process multi-LoRA engine; implements gateway.engine.base.Engine."""
 
-    # What embedded_logits implements; the rest (tools, n, logprobs, response_format, ...) is
-    # refused by name.  docs/api.md has the table.
-    capabilities = Capabilities("embedded", SAMPLING_EXTRAS)
+    capabilities = EMBEDDED  # docs/api.md has the table
 
     @classmethod
     def from_settings(

@@ -37,14 +37,13 @@ from gateway.core.errors import (
     InvalidRequest,
 )
 from gateway.engine.base import (
-    SAMPLING_EXTRAS,
     AdapterRef,
-    Capabilities,
     GenerationChunk,
     GenerationRequest,
     ReplicaStats,
     Verifier,
 )
+from gateway.engine.capabilities import VLLM
 from gateway.engine.replicas import Replica, missing_routes_message, place
 from gateway.engine.residency import Residency
 from gateway.engine.vllm_client import (
@@ -66,14 +65,7 @@ class _PlaceAgain(Exception):
 class VLLMEngine:
     """Implements gateway.engine.base.Engine on top of vLLM OpenAI-compatible servers."""
 
-    # What upstream_body passes through, checked against vLLM's entrypoints/openai protocol
-    # (ChatCompletionRequest, CompletionRequest) and SamplingParams: vLLM honours each of these
-    # and validates their values itself (a 400 relayed with its message).  The rest (tools, n,
-    # logprobs, echo, ...) needs response shapes the gateway does not build yet: refused.
-    capabilities = Capabilities(
-        "vLLM",
-        SAMPLING_EXTRAS | {"response_format", "continue_final_message", "add_generation_prompt"},
-    )
+    capabilities = VLLM  # gateway/engine/capabilities.py says why each field is there
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ from gateway.core.config import Settings
 from gateway.core.db.models import AdapterVersion
 from gateway.core.errors import InvalidRequest
 from gateway.core.tenants import get_tenant
+from gateway.engine.capabilities import capabilities_for
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ async def add_adapter(
         base=base.spec(),
         artifact_dir=settings.artifact_dir,
         max_rank=settings.max_lora_rank,
-        allow_dora=settings.engine != "vllm",
+        allow_dora=capabilities_for(settings.engine).dora,
         actor=actor,
     )
     stored = Path(version.path)

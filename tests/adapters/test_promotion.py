@@ -314,3 +314,20 @@ async def test_another_gateway_serves_the_new_route_at_once(env: Env, tmp_path: 
             await env.client.post("/admin/adapters/swapco/bot/rollback", json={}, headers=env.admin)
         ).status_code == 200
         assert await ask_replica() == current
+
+
+async def test_a_dora_adapter_is_refused_for_an_engine_that_cannot_serve_it(
+    env: Env, demo_adapters: list[Path], tmp_path: Path
+) -> None:
+    """Registration asks the engine's capabilities (vLLM: no DoRA), not settings.engine."""
+    from gateway.core.errors import AdapterInvalid
+    from gateway.services.adapters import add_adapter
+
+    dora = tmp_path / "dora"
+    shutil.copytree(demo_adapters[0], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    on_vllm = env.settings.model_copy(update={"engine": "vllm"})
+    with pytest.raises(AdapterInvalid, match="DoRA"):
+        async with env.db.transaction() as s:
+            await add_adapter(s, on_vllm, tenant_name="swapco", name="dora-bot", path=dora)

@@ -657,7 +657,8 @@ def test_vllm_only_extensions_are_refused_by_name_not_dropped(
 ) -> None:
     from gateway.api.openai.protocol import ChatCompletionRequest
     from gateway.core.errors import InvalidRequest
-    from gateway.engine.base import SAMPLING_EXTRAS, Capabilities
+    from gateway.engine.base import Capabilities
+    from gateway.engine.capabilities import SAMPLING_EXTRAS
 
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     for caps in (Capabilities("embedded", SAMPLING_EXTRAS), Capabilities("vLLM", SAMPLING_EXTRAS)):
@@ -668,7 +669,8 @@ def test_vllm_only_extensions_are_refused_by_name_not_dropped(
 
 def test_neutral_vllm_extensions_and_unknown_fields_pass() -> None:
     from gateway.api.openai.protocol import ChatCompletionRequest
-    from gateway.engine.base import SAMPLING_EXTRAS, Capabilities
+    from gateway.engine.base import Capabilities
+    from gateway.engine.capabilities import SAMPLING_EXTRAS
 
     body = {
         "model": "m",

@@ -1,0 +1,46 @@
+"""What each engine can serve, known without building (or importing) the engine.
+
+Domains and services ask these instead of reading ``settings.engine`` themselves: the gateway
+checks requests against them, adapter registration refuses a DoRA adapter for an engine that
+cannot serve it, and the docs' table (docs/api.md) lists the same sets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from gateway.engine.base import Capabilities
+
+# The sampling controls beyond OpenAI's basics that both engines honour (vLLM natively, the
+# embedded engine as logits processors, gateway/engine/embedded_logits.py).
+SAMPLING_EXTRAS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "min_tokens",
+    }
+)
+
+
+# embedded_logits implements these; the rest (tools, n, logprobs, response_format, ...) is
+# refused by name.  PEFT serves DoRA adapters.
+EMBEDDED = Capabilities("embedded", SAMPLING_EXTRAS, dora=True)
+
+# What vllm.upstream_body passes through, checked against vLLM's entrypoints/openai protocol
+# (ChatCompletionRequest, CompletionRequest) and SamplingParams: vLLM honours each of these and
+# validates their values itself (a 400 relayed with its message).  The rest (tools, n,
+# logprobs, echo, ...) needs response shapes the gateway does not build yet: refused.  vLLM's
+# LoRA loader refuses DoRA ("vLLM does not yet support DoRA").
+VLLM = Capabilities(
+    "vLLM",
+    SAMPLING_EXTRAS | {"response_format", "continue_final_message", "add_generation_prompt"},
+)
+
+
+def capabilities_for(engine: Literal["embedded", "vllm"] | str) -> Capabilities:
+    """The capabilities of the engine ``FLYWHEEL_ENGINE`` names."""
+    return VLLM if engine == "vllm" else EMBEDDED
