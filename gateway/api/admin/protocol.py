@@ -1,9 +1,9 @@
-"""Admin API request bodies."""
+"""Admin API request bodies and answers."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -226,3 +226,96 @@ class Forgotten(BaseModel):
     feedback: int
     heldout_rows: int
     rejected_rows: int
+
+
+# --- one adapter's page: its lineage, gate reports as tables, feedback since the last round ---
+
+
+class GateMetric(BaseModel):
+    """One row of a gate report's table: a measured metric on both sides and its rule."""
+
+    metric: str = Field(description="The key in the report's serving/candidate sides.")
+    label: str
+    serving: float | None
+    candidate: float | None
+    rule: str = Field(description="What the candidate must do, e.g. 'at most serving + 0.5'.")
+    limit: float | None = Field(description="The rule's bound for this report, when measured.")
+    outcome: Literal["pass", "fail", "skipped"]
+    reason: str | None = Field(description="Why it failed, in the gate's own words.")
+
+
+class GateReportDetail(GateReportOut):
+    candidate_version: int | None
+    serving_version: int | None
+    golden_set_version: int | None
+    metrics: list[GateMetric]
+
+
+class VersionFeedback(BaseModel):
+    """Feedback rows on the completions one version answered (every row, not only the latest)."""
+
+    completions: int
+    up: int
+    down: int
+    edits: int
+
+
+class LineageVersion(BaseModel):
+    version: int
+    version_id: str
+    state: str
+    active: bool
+    signed: bool
+    parent_version: int | None
+    round_id: str | None = Field(description="The training round that produced it.")
+    gate_report_id: str | None = Field(description="The newest gate report that judged it.")
+    verdict: Literal["passed", "rejected"] | None
+    first_served_at: UTCDatetime | None
+    created_at: UTCDatetime
+    feedback: VersionFeedback
+
+
+class FeedbackEdit(BaseModel):
+    feedback_id: str
+    completion_id: str
+    version: int | None
+    prompt: str | None = Field(description="The last user message (or the text prompt).")
+    original: str | None = Field(description="The answer as served; null when not stored.")
+    edited: str
+    updated_at: UTCDatetime
+
+
+class FeedbackSince(BaseModel):
+    """Feedback on this adapter since the last succeeded round's data cut-off."""
+
+    since: UTCDatetime | None = Field(description="That cut-off; null before any round.")
+    completions: int
+    up: int
+    down: int
+    edits: int
+    up_per_100: float | None = Field(description="Per 100 completions; null without any.")
+    down_per_100: float | None
+    edits_per_100: float | None
+    recent_edits: list[FeedbackEdit]
+
+
+class GoldenSetOut(BaseModel):
+    id: str
+    version: int
+    items: int
+    content_hash: str
+    created_at: UTCDatetime
+
+
+class AdapterDetail(BaseModel):
+    tenant: str
+    adapter: str
+    serving_version: int | None
+    rollback_to: int | None = Field(
+        description="The version a rollback would serve now; null when it would be refused."
+    )
+    versions: list[LineageVersion]
+    rounds: list[RoundOut]
+    gate_reports: list[GateReportDetail]
+    golden_sets: list[GoldenSetOut]
+    feedback_since_last_round: FeedbackSince

@@ -18,6 +18,7 @@ from gateway.api.admin.deps import AdminContext, AdminDep, get_admin
 from gateway.api.admin.protocol import (
     AdapterAdd,
     AdapterAdded,
+    AdapterDetail,
     AdapterVersionOut,
     AuditEventOut,
     FeedbackStats,
@@ -150,6 +151,20 @@ async def revoke_key(key_id: str, admin: AdminDep, state: StateDep) -> KeyOut:
 @router.get("/adapters")
 async def adapters(session: SessionDep, tenant: str | None = None) -> list[AdapterVersionOut]:
     return await serving.adapter_versions(session, tenant)
+
+
+@router.get("/adapters/{tenant}/{name}")
+async def adapter_detail(
+    tenant: str,
+    name: str,
+    session: SessionDep,
+    limit: Limit500 = 20,
+    recent_edits: Annotated[int, Query(ge=0, le=100)] = 10,
+) -> AdapterDetail:
+    """One adapter: its versions as a lineage (each with the round that produced it and the gate
+    report that judged it), its rounds, its gate reports as tables (serving, candidate, rule and
+    outcome per metric), its golden sets, and the feedback gathered since the last round."""
+    return await serving.adapter_detail(session, tenant, name, limit, recent_edits)
 
 
 @router.post("/adapters", status_code=201)

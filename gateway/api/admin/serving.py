@@ -7,15 +7,42 @@ feedback.retention.forget_end_user), each writing its own audit row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters.registry import list_versions
-from gateway.api.admin.protocol import AdapterVersionOut, FeedbackStats
-from gateway.core.db.models import AuditEvent, Completion, Feedback, GateReport, TrainingRound
+from adapters.registry import SERVABLE_STATES, get_adapter, list_versions
+from feedback.export import FEEDBACK_COMPLETION
+from gateway.api.admin.protocol import (
+    AdapterDetail,
+    AdapterVersionOut,
+    FeedbackEdit,
+    FeedbackSince,
+    FeedbackStats,
+    GateMetric,
+    GateReportDetail,
+    GateReportOut,
+    GoldenSetOut,
+    LineageVersion,
+    RoundOut,
+    VersionFeedback,
+)
+from gateway.core.db.models import (
+    Adapter,
+    AdapterVersion,
+    AuditEvent,
+    Completion,
+    Feedback,
+    GateReport,
+    GoldenSet,
+    RouteEvent,
+    TrainingRound,
+)
 from gateway.core.tenants import get_tenant
+from retrain.gate_rules import DEFAULT_THRESHOLDS, Improvement, SideMetrics, decide
 
 
 async def tenant_id_of(session: AsyncSession, tenant: str | None) -> str | None:
@@ -89,3 +116,350 @@ async def audit_events(session: AsyncSession, limit: int) -> Sequence[AuditEvent
     return (
         await session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
     ).all()
+
+
+# --- one adapter's page ----------------------------------------------------------------------
+
+# The gate's metric rows, in the order of its summary: (key, label, threshold, the rule in words,
+# the bound from the serving value s and the threshold t).  Whether a row passed is not worked
+# out here: retrain.gate_rules.decide is asked about that metric alone (see _verdict_of).
+_GATE_ROWS: list[tuple[str, str, str, str, Callable[[float, float], float]]] = [
+    ("fluency_nll", "fluency NLL (base)", "max_fluency_nll_increase", "at most serving + {t:g}",
+     lambda s, t: s + t),
+    ("preference_accuracy", "preference accuracy", "max_preference_accuracy_drop",
+     "at least serving - {t:g}", lambda s, t: s - t),
+    ("mean_margin", "mean reward margin", "min_margin_gain", "at least serving + {t:g}",
+     lambda s, t: s + t),
+    ("check_pass_rate", "golden check pass rate", "max_check_pass_rate_drop",
+     "at least serving - {t:g}, and every hard check kept", lambda s, t: s - t),
+    ("reference_nll", "reference NLL", "max_nll_increase", "at most serving x (1 + {t:g})",
+     lambda s, t: s * (1 + t)),
+    ("mean_length", "mean length (tokens)", "max_length_ratio", "at most serving x {t:g}",
+     lambda s, t: s * t),
+]  # fmt: skip
+_SIDE_FIELDS = {f.name for f in fields(SideMetrics)}
+# An improvement that always passes, so that asking decide() about one metric hears only it.
+_NO_IMPROVEMENT_QUESTION = Improvement(test="sign", p_value=-1.0, rows=0)
+
+
+def _side(stored: Any, only: str | None) -> SideMetrics:
+    values = stored if isinstance(stored, dict) else {}
+    kept = {k: v for k, v in values.items() if k in _SIDE_FIELDS and (only is None or k == only)}
+    if only == "check_pass_rate":
+        kept["hard_checks_passed"] = values.get("hard_checks_passed") or []
+    return SideMetrics(**kept)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def gate_metrics(report: dict[str, Any]) -> list[GateMetric]:
+    """A stored gate report as a table: serving, candidate, the rule and its outcome per metric."""
+    stored = report.get("thresholds") or {}
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    thresholds.update({k: float(v) for k, v in stored.items() if k in DEFAULT_THRESHOLDS})
+    rows: list[GateMetric] = []
+    if "improvement" in report:
+        imp = report["improvement"] if isinstance(report["improvement"], dict) else None
+        improvement = Improvement(**imp) if imp else None
+        reasons = decide(SideMetrics(), SideMetrics(), thresholds, improvement).reasons
+        alpha = thresholds["max_improvement_p"]
+        rows.append(
+            GateMetric(
+                metric="improvement",
+                label="better on held-out feedback (p-value)",
+                serving=None,
+                candidate=_number(imp.get("p_value")) if imp else None,
+                rule=f"p < {alpha:g}",
+                limit=alpha,
+                outcome="fail" if reasons else "pass",
+                reason=reasons[0] if reasons else None,
+            )
+        )
+    serving_side, candidate_side = report.get("serving"), report.get("candidate")
+    for key, label, name, rule, bound in _GATE_ROWS:
+        t = thresholds[name]
+        s = _number((serving_side or {}).get(key)) if isinstance(serving_side, dict) else None
+        c = _number((candidate_side or {}).get(key)) if isinstance(candidate_side, dict) else None
+        outcome: Literal["pass", "fail", "skipped"] = "skipped"
+        reason = None
+        if s is not None and c is not None:
+            serving_only, candidate_only = _side(serving_side, key), _side(candidate_side, key)
+            if len(serving_only.hard_checks_passed) != len(candidate_only.hard_checks_passed):
+                serving_only.hard_checks_passed = candidate_only.hard_checks_passed = []
+            found = decide(serving_only, candidate_only, thresholds, _NO_IMPROVEMENT_QUESTION)
+            outcome = "fail" if found.reasons else "pass"
+            reason = "; ".join(found.reasons) or None
+        rows.append(
+            GateMetric(
+                metric=key,
+                label=label,
+                serving=s,
+                candidate=c,
+                rule=rule.format(t=t),
+                limit=bound(s, t) if s is not None else None,
+                outcome=outcome,
+                reason=reason,
+            )
+        )
+    return rows
+
+
+def _prompt_text(kind: str, request: dict[str, Any] | None) -> str | None:
+    if not request:
+        return None
+    if kind == "chat":
+        users = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+        users = [m for m in users if m.get("role") == "user"] or users
+        return str(users[-1].get("content")) if users else None
+    prompt = request.get("prompt")
+    return prompt if isinstance(prompt, str) else None
+
+
+def _per_100(count: int, completions: int) -> float | None:
+    return round(100 * count / completions, 1) if completions else None
+
+
+async def _rollback_to(session: AsyncSession, adapter: Adapter) -> AdapterVersion | None:
+    """Where a rollback would go now, read as adapters/promotion.py's Promoter._previous reads
+    it: the newest route change away from a version other than the serving one, if servable."""
+    events = await session.scalars(
+        select(RouteEvent).where(RouteEvent.adapter_id == adapter.id).order_by(RouteEvent.id.desc())
+    )
+    for event in events:
+        candidate = event.from_version_id
+        if candidate and candidate != adapter.active_version_id:
+            version = await session.get(AdapterVersion, candidate)
+            if version is not None and version.state in SERVABLE_STATES:
+                return version
+    return None
+
+
+async def _version_feedback(session: AsyncSession, adapter_id: str) -> dict[str, VersionFeedback]:
+    completions = dict(
+        (
+            await session.execute(
+                select(Completion.adapter_version_id, func.count())
+                .where(Completion.adapter_id == adapter_id, Completion.status == "ok")
+                .group_by(Completion.adapter_version_id)
+            )
+        )
+        .tuples()
+        .all()
+    )
+    rated = (
+        await session.execute(
+            select(
+                Completion.adapter_version_id,
+                Feedback.rating,
+                func.count(),
+                func.count(Feedback.edited_output),
+            )
+            .join(Completion, FEEDBACK_COMPLETION)
+            .where(Completion.adapter_id == adapter_id)
+            .group_by(Completion.adapter_version_id, Feedback.rating)
+        )
+    ).tuples()
+    out: dict[str, VersionFeedback] = {}
+    for version_id, count in completions.items():
+        if version_id:
+            out[version_id] = VersionFeedback(completions=count, up=0, down=0, edits=0)
+    for version_id, rating, count, edits in rated:
+        if not version_id:
+            continue
+        row = out.setdefault(version_id, VersionFeedback(completions=0, up=0, down=0, edits=0))
+        row.edits += edits
+        if rating == "up":
+            row.up += count
+        elif rating == "down":
+            row.down += count
+    return out
+
+
+async def _feedback_since(
+    session: AsyncSession, adapter: Adapter, numbers: dict[str, int], recent: int
+) -> FeedbackSince:
+    # The cut-off a new round would start from (retrain/rounds.py, prepare).
+    since = await session.scalar(
+        select(func.max(TrainingRound.data_cutoff)).where(
+            TrainingRound.adapter_id == adapter.id, TrainingRound.state == "succeeded"
+        )
+    )
+    completion_filter = [Completion.adapter_id == adapter.id, Completion.status == "ok"]
+    feedback_filter = [Feedback.tenant_id == adapter.tenant_id, *completion_filter]
+    if since is not None:
+        completion_filter.append(Completion.created_at >= since)
+        feedback_filter.append(Feedback.updated_at >= since)
+    completions = (
+        await session.scalar(select(func.count()).select_from(Completion).where(*completion_filter))
+        or 0
+    )
+    by_rating = dict(
+        (
+            await session.execute(
+                select(Feedback.rating, func.count())
+                .join(Completion, FEEDBACK_COMPLETION)
+                .where(*feedback_filter)
+                .group_by(Feedback.rating)
+            )
+        )
+        .tuples()
+        .all()
+    )
+    edited = [*feedback_filter, Feedback.edited_output.is_not(None)]
+    edits = (
+        await session.scalar(
+            select(func.count())
+            .select_from(Feedback)
+            .join(Completion, FEEDBACK_COMPLETION)
+            .where(*edited)
+        )
+        or 0
+    )
+    latest = (
+        await session.execute(
+            select(Feedback, Completion)
+            .join(Completion, FEEDBACK_COMPLETION)
+            .where(*edited)
+            .order_by(Feedback.updated_at.desc(), Feedback.id)
+            .limit(recent)
+        )
+    ).tuples()
+    up, down = by_rating.get("up", 0), by_rating.get("down", 0)
+    return FeedbackSince(
+        since=since,
+        completions=completions,
+        up=up,
+        down=down,
+        edits=edits,
+        up_per_100=_per_100(up, completions),
+        down_per_100=_per_100(down, completions),
+        edits_per_100=_per_100(edits, completions),
+        recent_edits=[
+            FeedbackEdit(
+                feedback_id=fb.id,
+                completion_id=comp.id,
+                version=numbers.get(comp.adapter_version_id or ""),
+                prompt=_prompt_text(comp.kind, comp.request),
+                original=comp.response_text,
+                edited=fb.edited_output or "",
+                updated_at=fb.updated_at,
+            )
+            for fb, comp in latest
+        ],
+    )
+
+
+async def adapter_detail(
+    session: AsyncSession, tenant: str, name: str, limit: int, recent_edits: int
+) -> AdapterDetail:
+    """One adapter's page: versions as a lineage, its rounds and gate reports, new feedback."""
+    t = await get_tenant(session, tenant)
+    a = await get_adapter(session, t.id, name)
+    versions = list(
+        await session.scalars(
+            select(AdapterVersion)
+            .where(AdapterVersion.adapter_id == a.id)
+            .order_by(AdapterVersion.version)
+        )
+    )
+    numbers = {v.id: v.version for v in versions}
+    rounds = list(
+        await session.scalars(
+            select(TrainingRound)
+            .where(TrainingRound.adapter_id == a.id)
+            .order_by(TrainingRound.created_at.desc())
+            .limit(limit)
+        )
+    )
+    produced_by = dict(
+        (
+            await session.execute(
+                select(TrainingRound.candidate_version_id, TrainingRound.id)
+                .where(TrainingRound.adapter_id == a.id)
+                .order_by(TrainingRound.created_at)  # a re-run round's newest id wins
+            )
+        )
+        .tuples()
+        .all()
+    )
+    reports = list(
+        await session.scalars(
+            select(GateReport)
+            .where(GateReport.adapter_id == a.id)
+            .order_by(GateReport.created_at.desc())
+            .limit(limit)
+        )
+    )
+    judged: dict[str, GateReport] = {}
+    for report in await session.scalars(
+        select(GateReport).where(GateReport.adapter_id == a.id).order_by(GateReport.created_at)
+    ):
+        judged[report.candidate_version_id] = report  # the newest verdict on each version
+    first_served = dict(
+        (
+            await session.execute(
+                select(RouteEvent.to_version_id, func.min(RouteEvent.created_at))
+                .where(RouteEvent.adapter_id == a.id)
+                .group_by(RouteEvent.to_version_id)
+            )
+        )
+        .tuples()
+        .all()
+    )
+    goldens = list(
+        await session.scalars(
+            select(GoldenSet).where(GoldenSet.adapter_id == a.id).order_by(GoldenSet.version)
+        )
+    )
+    golden_numbers = {g.id: g.version for g in goldens}
+    feedback = await _version_feedback(session, a.id)
+    rollback = await _rollback_to(session, a)
+    return AdapterDetail(
+        tenant=t.name,
+        adapter=a.name,
+        serving_version=numbers.get(a.active_version_id or ""),
+        rollback_to=rollback.version if rollback is not None else None,
+        versions=[
+            LineageVersion(
+                version=v.version,
+                version_id=v.id,
+                state=v.state,
+                active=v.id == a.active_version_id,
+                signed=v.signature_path is not None,
+                parent_version=numbers.get(v.parent_version_id or ""),
+                round_id=produced_by.get(v.id),
+                gate_report_id=judged[v.id].id if v.id in judged else None,
+                verdict=("passed" if judged[v.id].passed else "rejected")
+                if v.id in judged
+                else None,
+                first_served_at=first_served.get(v.id),
+                created_at=v.created_at,
+                feedback=feedback.get(v.id, VersionFeedback(completions=0, up=0, down=0, edits=0)),
+            )
+            for v in versions
+        ],
+        rounds=[RoundOut.model_validate(r) for r in rounds],
+        gate_reports=[
+            GateReportDetail(
+                **GateReportOut.model_validate(g).model_dump(),
+                candidate_version=numbers.get(g.candidate_version_id),
+                serving_version=numbers.get(g.serving_version_id or ""),
+                golden_set_version=golden_numbers.get(g.golden_set_id or ""),
+                metrics=gate_metrics(g.report or {}),
+            )
+            for g in reports
+        ],
+        golden_sets=[
+            GoldenSetOut(
+                id=g.id,
+                version=g.version,
+                items=len(g.items or []),
+                content_hash=g.content_hash,
+                created_at=g.created_at,
+            )
+            for g in goldens
+        ],
+        feedback_since_last_round=await _feedback_since(session, a, numbers, recent_edits),
+    )
