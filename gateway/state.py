@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from adapters.registry import Resolved
     from feedback.log import CompletionLog
     from feedback.pending import SharedPending
-    from gateway.core.db.models import ApiKey, Tenant
+    from gateway.core.db.models import Adapter, AdapterVersion, ApiKey, Tenant
     from gateway.core.ratelimit import RateLimiter
     from gateway.engine.base import Engine
 
@@ -30,7 +30,7 @@ class AppState:
     route_cache: StaleIfErrorCache[tuple[str, str], Resolved]
     # Each tenant's ``/v1/models`` entries, served stale while the database is away (SDKs and
     # LangChain list models first, and completions go on from the caches above meanwhile).
-    models_cache: StaleIfErrorCache[str, list[dict[str, Any]]]
+    models_cache: StaleIfErrorCache[str, list[tuple[Adapter, AdapterVersion]]]
     promoter: Promoter
     pending: SharedPending | None = None  # in-flight completion ids shared through Redis
     extras: dict[str, Any] = field(default_factory=dict)

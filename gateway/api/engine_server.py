@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.api.errors import validation_error
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.api.openai.responses import ModelCard, ModelList, Shape, Usage
 from gateway.core.errors import FlywheelError
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
 from gateway.engine.embedded import EmbeddedEngine
@@ -86,29 +87,29 @@ class LocalServer:
         self.adapters: dict[str, AdapterRef] = {}  # what /v1/models lists, in load order
         self._loads = 0
 
-    def models(self) -> dict[str, Any]:
+    def models(self) -> ModelList:
         created = int(time.time())
-        base = {
-            "id": self.base_name,
-            "object": "model",
-            "created": created,
-            "owned_by": "vllm",
-            "root": self.base_root,
-            "parent": None,
-            "max_model_len": self.engine.max_model_len,
-        }
+        base = ModelCard(
+            id=self.base_name,
+            object="model",
+            created=created,
+            owned_by="vllm",
+            root=self.base_root,
+            parent=None,
+            max_model_len=self.engine.max_model_len,
+        )
         loras = [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "vllm",
-                "root": str(ref.path),
-                "parent": self.base_name,
-            }
+            ModelCard(
+                id=name,
+                object="model",
+                created=created,
+                owned_by="vllm",
+                root=str(ref.path),
+                parent=self.base_name,
+            )
             for name, ref in self.adapters.items()
         ]
-        return {"object": "list", "data": [base, *loras]}
+        return ModelList(object="list", data=[base, *loras])
 
     async def load(self, body: _LoadBody) -> Response:
         name, path = body.lora_name, body.lora_path
@@ -189,100 +190,56 @@ class LocalServer:
         except FlywheelError as exc:
             kind = "BadRequestError" if exc.status_code == 400 else "InternalServerError"
             return vllm_error(exc.status_code, exc.message, kind, exc.param)
-        shape = _Shape(request.request_id, body.model, chat)
+        shape = Shape(request.request_id, body.model, int(time.time()), chat=chat, openai=False)
         if body.stream:
-            events = shape.sse(
-                first, stream, include_usage=body.include_usage, continuous=body.continuous_usage
+            events = _sse(
+                shape,
+                first,
+                stream,
+                include_usage=body.include_usage,
+                continuous=body.continuous_usage,
             )
             return StreamingResponse(events, media_type="text/event-stream")
         chunks = [first]
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 chunks.append(chunk)
-        return JSONResponse(shape.full(chunks))
+        text, last = "".join(c.text for c in chunks), chunks[-1]
+        full = shape.full(text, last.finish_reason, _usage(last))
+        return Response(full.dump(), media_type="application/json")
 
 
-class _Shape:
-    """OpenAI response objects the way vLLM writes them."""
-
-    def __init__(self, id_: str, model: str, chat: bool) -> None:
-        self.id, self.model, self.chat = id_, model, chat
-        self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
-
-    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        data: dict[str, Any] = {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-    def _choice(self, text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
-            if not first:
-                delta["content"] = text
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
-    async def sse(
-        self,
-        first: GenerationChunk,
-        stream: AsyncGenerator[GenerationChunk, None],
-        *,
-        include_usage: bool,
-        continuous: bool = False,
-    ) -> AsyncIterator[str]:
-        async with contextlib.aclosing(stream):
-            if self.chat:
-                yield self._event([self._choice("", None, first=True)])
-            chunk: GenerationChunk | None = first
-            try:
-                while chunk is not None:
-                    if chunk.text or chunk.finish_reason:
-                        usage = _usage(chunk) if continuous else None
-                        yield self._event([self._choice(chunk.text, chunk.finish_reason)], usage)
-                    if chunk.finish_reason is not None:
-                        if include_usage:
-                            yield self._event([], _usage(chunk))
-                        break
-                    chunk = await anext(stream, None)
-            except FlywheelError as exc:
-                error = {"message": exc.message, "type": "InternalServerError", "code": 500}
-                yield f"data: {json.dumps({'error': error})}\n\n"
-            yield "data: [DONE]\n\n"
-
-    def full(self, chunks: list[GenerationChunk]) -> dict[str, Any]:
-        text = "".join(c.text for c in chunks)
-        last = chunks[-1]
-        if self.chat:
-            message = {"role": "assistant", "content": text}
-            choice: dict[str, Any] = {"index": 0, "message": message}
-        else:
-            choice = {"index": 0, "text": text}
-        choice.update(logprobs=None, finish_reason=last.finish_reason)
-        return {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": _usage(last),
-        }
+async def _sse(
+    shape: Shape,
+    first: GenerationChunk,
+    stream: AsyncGenerator[GenerationChunk, None],
+    *,
+    include_usage: bool,
+    continuous: bool = False,
+) -> AsyncIterator[str]:
+    """Events the way vLLM writes them: the finish rides on the last text chunk."""
+    async with contextlib.aclosing(stream):
+        if shape.chat:
+            yield shape.event("", role=True)
+        chunk: GenerationChunk | None = first
+        try:
+            while chunk is not None:
+                if chunk.text or chunk.finish_reason:
+                    usage = _usage(chunk) if continuous else None
+                    yield shape.event(chunk.text, chunk.finish_reason, usage=usage)
+                if chunk.finish_reason is not None:
+                    if include_usage:
+                        yield shape.usage_event(_usage(chunk))
+                    break
+                chunk = await anext(stream, None)
+        except FlywheelError as exc:
+            error = {"message": exc.message, "type": "InternalServerError", "code": 500}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+        yield "data: [DONE]\n\n"
 
 
-def _usage(chunk: GenerationChunk) -> dict[str, int]:
-    return {
-        "prompt_tokens": chunk.prompt_tokens,
-        "completion_tokens": chunk.completion_tokens,
-        "total_tokens": chunk.prompt_tokens + chunk.completion_tokens,
-    }
+def _usage(chunk: GenerationChunk) -> Usage:
+    return Usage.of(chunk.prompt_tokens, chunk.completion_tokens)
 
 
 def create_local_app(
@@ -333,8 +290,8 @@ def create_local_app(
         return Response(status_code=200)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return server.models()
+    async def models() -> Response:
+        return Response(server.models().dump(), media_type="application/json")
 
     @app.post("/v1/chat/completions")
     async def chat(raw: Request) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,7 +13,9 @@ from adapters.registry import tenant_models
 from gateway.api.body import M, parse_body
 from gateway.api.deps import AuthContext, StateDep, TenantDep, authenticate_request
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.api.openai.responses import ModelCard, ModelList, adapter_model_card, base_model_card
 from gateway.api.openai.serving import OpenAIServing, client_gone
+from gateway.core.db.models import Adapter, AdapterVersion
 from gateway.core.errors import FlywheelError
 
 
@@ -62,42 +63,23 @@ async def _parse(request: Request, serving: OpenAIServing, auth: AuthContext, mo
         raise
 
 
-@router.get("/models")
-async def list_models(auth: TenantDep, state: StateDep) -> dict[str, Any]:
+@router.get("/models", response_model_exclude_unset=True)
+async def list_models(auth: TenantDep, state: StateDep) -> ModelList:
     """The base model and only this tenant's adapters (each at its active version)."""
     base = state.engine.base_model_name
-    data: list[dict[str, Any]] = [
-        {
-            "id": base,
-            "object": "model",
-            "created": 0,
-            "owned_by": "flywheel",
-            "root": base,
-            "parent": None,
-        }
-    ]
 
-    async def load() -> list[dict[str, Any]]:
+    async def load() -> list[tuple[Adapter, AdapterVersion]]:
         async with state.db.session() as session:
-            return [
-                {
-                    "id": adapter.name,
-                    "object": "model",
-                    "created": int(version.created_at.timestamp())
-                    if version.created_at
-                    else int(time.time()),
-                    "owned_by": auth.tenant.name,
-                    "root": f"{adapter.name}@{version.version}",
-                    "parent": base,
-                }
-                for adapter, version in await tenant_models(session, auth.tenant.id)
-            ]
+            return await tenant_models(session, auth.tenant.id)
 
-    data.extend(await state.models_cache.get(auth.tenant.id, load))
-    return {"object": "list", "data": data}
+    adapters = [
+        adapter_model_card(adapter.name, adapter.name, version, auth.tenant.name, base)
+        for adapter, version in await state.models_cache.get(auth.tenant.id, load)
+    ]
+    return ModelList(object="list", data=[base_model_card(base), *adapters])
 
 
-@router.get("/models/{model_id:path}")
-async def retrieve_model(model_id: str, auth: TenantDep, state: StateDep) -> dict[str, Any]:
+@router.get("/models/{model_id:path}", response_model_exclude_unset=True)
+async def retrieve_model(model_id: str, auth: TenantDep, state: StateDep) -> ModelCard:
     """One model, resolved within this tenant: another tenant's adapter is a 404."""
     return await OpenAIServing(state).retrieve_model(auth, model_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -19,12 +20,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.api.openai.responses import (
+    ModelCard,
+    Shape,
+    Usage,
+    adapter_model_card,
+    base_model_card,
+)
 from gateway.api.streaming import EventStreamResponse
 from gateway.core import logs, metrics
 from gateway.core.errors import FlywheelError, InvalidRequest, RateLimited, RequestError
@@ -82,12 +89,19 @@ class _Call:
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
 
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+    def usage(self) -> Usage:
+        return Usage.of(self.prompt_tokens, self.completion_tokens)
+
+    @functools.cached_property
+    def shape(self) -> Shape:
+        return Shape(
+            self.id,
+            self.body.model,
+            self.created,
+            chat=self.kind == "chat",
+            fingerprint=self.fingerprint,
+            usage_chunk=self.body.include_usage,
+        )
 
     def log_row(self) -> dict[str, Any]:
         store = self.auth.tenant.store_content
@@ -130,27 +144,12 @@ def system_fingerprint(base_model: str, resolved: Resolved) -> str:
     return "fp_" + hashlib.sha256(f"{base_model}\0{served}".encode()).hexdigest()[:12]
 
 
-def model_card(model_id: str, base: str, resolved: Resolved, owner: str) -> dict[str, Any]:
+def model_card(model_id: str, base: str, resolved: Resolved, owner: str) -> ModelCard:
     """One ``/v1/models`` entry: the bare base, or an adapter at the version ``model_id`` names."""
     adapter, version = resolved.adapter, resolved.version
     if adapter is None or version is None:
-        return {
-            "id": model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "flywheel",
-            "root": base,
-            "parent": None,
-        }
-    created = version.created_at.timestamp() if version.created_at else time.time()
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": int(created),
-        "owned_by": owner,
-        "root": f"{adapter.name}@{version.version}",
-        "parent": base,
-    }
+        return base_model_card(base, model_id)
+    return adapter_model_card(model_id, adapter.name, version, owner, base)
 
 
 def _observe(call: _Call) -> None:
@@ -185,7 +184,7 @@ class OpenAIServing:
         with contextlib.suppress(RateLimited):
             await self.state.limiter.acquire(auth.tenant.id, self._limits(auth), 0)
 
-    async def retrieve_model(self, auth: AuthContext, model_id: str) -> dict[str, Any]:
+    async def retrieve_model(self, auth: AuthContext, model_id: str) -> ModelCard:
         """``GET /v1/models/{id}``: resolved within the tenant, so another tenant's adapter is
         the same 404 as a missing one."""
         resolved = await self._resolve(auth.tenant.id, model_id)
@@ -301,7 +300,8 @@ class OpenAIServing:
         finally:
             await stream.aclose()
         await self._finish(call, limits, None)
-        return JSONResponse(self._full_response(call), headers=headers)
+        full = call.shape.full("".join(call.text), call.finish_reason, call.usage())
+        return Response(full.dump(), headers=headers, media_type="application/json")
 
     async def _resolve(self, tenant_id: str, model: str) -> Resolved:
         async def load() -> Resolved:
@@ -362,65 +362,9 @@ class OpenAIServing:
             fields["response"] = "".join(call.text)
         log.info("completion %s", call.status, extra=fields)
 
-    def _full_response(self, call: _Call) -> dict[str, Any]:
-        text = "".join(call.text)
-        if call.kind == "chat":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "finish_reason": call.finish_reason,
-                "logprobs": None,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "finish_reason": call.finish_reason,
-                "logprobs": None,
-            }
-            obj = "text_completion"
-        return {
-            "id": call.id,
-            "object": obj,
-            "created": call.created,
-            "model": call.body.model,
-            "choices": [choice],
-            "usage": call.usage(),
-            "system_fingerprint": call.fingerprint,
-        }
-
-    def _chunk(self, call: _Call, text: str | None, finish: str | None, role: bool = False) -> str:
-        if call.kind == "chat":
-            delta: dict[str, Any] = {}
-            if role:
-                delta["role"] = "assistant"
-                delta["refusal"] = None
-            if text is not None:
-                delta["content"] = text
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-            obj = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            obj = "text_completion"
-        payload: dict[str, Any] = {
-            "id": call.id,
-            "object": obj,
-            "created": call.created,
-            "model": call.body.model,
-            "system_fingerprint": call.fingerprint,
-            "choices": [choice],
-        }
-        if call.body.continuous_usage:
-            payload["usage"] = call.usage()
-        elif call.body.include_usage:
-            payload["usage"] = None
-        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    def _event(self, call: _Call, text: str | None, finish: str | None, role: bool = False) -> str:
+        usage = call.usage() if call.body.continuous_usage else None
+        return call.shape.event(text, finish, role=role, usage=usage)
 
     async def _sse(
         self,
@@ -433,31 +377,22 @@ class OpenAIServing:
         finished = False
         # One write per engine chunk: the events it makes (with the role first, and the
         # finish, usage and [DONE] last) go out together instead of one send each.
-        events = [self._chunk(call, "", None, role=True)] if call.kind == "chat" else []
+        events = [self._event(call, "", None, role=True)] if call.kind == "chat" else []
         try:
             chunk: GenerationChunk | None = first
             while chunk is not None:
                 call.absorb(chunk)
                 if chunk.text:
-                    events.append(self._chunk(call, chunk.text, None))
+                    events.append(self._event(call, chunk.text, None))
                 if chunk.finish_reason is not None:
-                    events.append(self._chunk(call, None, chunk.finish_reason))
+                    events.append(self._event(call, None, chunk.finish_reason))
                     break
                 if events:
                     yield "".join(events)
                     events.clear()
                 chunk = await anext(stream, None)
             if call.body.include_usage:
-                usage: dict[str, Any] = {
-                    "id": call.id,
-                    "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
-                    "created": call.created,
-                    "model": call.body.model,
-                    "system_fingerprint": call.fingerprint,
-                    "choices": [],
-                    "usage": call.usage(),
-                }
-                events.append(f"data: {json.dumps(usage, separators=(',', ':'))}\n\n")
+                events.append(call.shape.usage_event(call.usage()))
             events.append("data: [DONE]\n\n")
             # Logged (journaled) before [DONE] goes out: a stream its client saw complete is
             # never lost to a crash of this process.
