@@ -18,8 +18,11 @@ from gateway.core.errors import NotFound
 STATIC = Path(__file__).parent / "static"
 FILES = {
     "console.js": "text/javascript",
+    "console-adapter.js": "text/javascript",
     "console-api.js": "text/javascript",
+    "console-diff.js": "text/javascript",
     "console-names.js": "text/javascript",
+    "console-tenant.js": "text/javascript",
     "console-ui.js": "text/javascript",
     "console.css": "text/css",
 }

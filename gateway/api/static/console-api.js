@@ -70,8 +70,20 @@ export class AdminClient {
     return this.request("POST", "/admin/tenants", { name });
   }
 
+  updateTenant(tenant, changes) {
+    return this.request("PATCH", `/admin/tenants/${q(tenant)}`, changes);
+  }
+
   keys(tenant) {
     return this.request("GET", `/admin/tenants/${q(tenant)}/keys`);
+  }
+
+  createKey(tenant) {
+    return this.request("POST", `/admin/tenants/${q(tenant)}/keys`);
+  }
+
+  revokeKey(keyId) {
+    return this.request("DELETE", `/admin/keys/${q(keyId)}`);
   }
 
   rotateKeys(tenant) {
@@ -81,6 +93,20 @@ export class AdminClient {
   adapters(tenant) {
     const query = tenant ? `?tenant=${q(tenant)}` : "";
     return this.request("GET", `/admin/adapters${query}`);
+  }
+
+  // One adapter's page: lineage, rounds, gate tables, golden sets, feedback since the last round.
+  adapter(tenant, adapter) {
+    return this.request("GET", `/admin/adapters/${q(tenant)}/${q(adapter)}`);
+  }
+
+  // A PEFT directory on the gateway host, registered as the adapter's next version.
+  addAdapter(tenant, name, path, sign = false) {
+    return this.request("POST", "/admin/adapters", { tenant, name, path, sign });
+  }
+
+  addGolden(tenant, adapter, items) {
+    return this.request("POST", "/admin/golden", { tenant, adapter, items });
   }
 
   verify(tenant, adapter, version) {

@@ -42,8 +42,14 @@ async def test_console_files_are_served_with_a_strict_policy(
             assert asset.status_code == 200 and asset.headers["x-content-type-options"] == "nosniff"
         for name in ("console.js", "console.css"):  # the others are imported by console.js
             assert f"/console/{name}" in page.text
-        script = (STATIC / "console.js").read_text()
-        imported = set(re.findall(r'from "/console/([^"]+)"', script))
+        # Every script is reached from console.js's imports (directly or through a module).
+        imported: set[str] = set()
+        todo = ["console.js"]
+        while todo:
+            script = (STATIC / todo.pop()).read_text()
+            found = set(re.findall(r'from "/console/([^"]+)"', script)) - imported
+            imported |= found
+            todo += sorted(found)
         assert imported == set(FILES) - {"console.js", "console.css"}
         missing = await client.get("/console/..%2Fconsole.py")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -102,7 +108,7 @@ async def test_console_client_drives_the_admin_api(
                 path=demo_adapters[1],
                 sign=True,
             )
-        for script in ("console.js", "console-ui.js", "console-names.js"):
+        for script in [name for name in FILES if name.endswith(".js")]:
             check = await asyncio.create_subprocess_exec("node", "--check", str(STATIC / script))
             assert await check.wait() == 0, script  # the page's own scripts parse
         token = local_admin_token(settings)
@@ -166,3 +172,46 @@ async def test_console_names_ids_and_knows_where_a_rollback_goes() -> None:
     }
     # With the audit window full and the swap not in it, the console cannot name the target.
     assert report["windowFull"]["acme/support"] == "previous"
+
+
+async def test_an_edit_is_shown_as_a_word_diff() -> None:
+    """console-diff.js in Node: the words an edit removed and added, whitespace never marked."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Node.js is required in CI for the console's diff test")
+        pytest.skip("Node.js is not installed")
+    script = (
+        "const { wordDiff } = await import(process.argv[1]);"
+        "const cases = JSON.parse(process.argv[2]);"
+        "console.log(JSON.stringify(cases.map(([a, b]) => wordDiff(a, b))));"
+    )
+    cases = [
+        ["Refunds take ten days.", "Refunds take five business days."],
+        ["same  text", "same  text"],
+        ["", "all new"],
+        ["word " * 2000, "word"],  # too long to mark: shown as it is
+    ]
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        "--input-type=module",
+        "-e",
+        script,
+        (STATIC / "console-diff.js").as_uri(),
+        json.dumps(cases),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(node.communicate(), timeout=60)
+    assert node.returncode == 0, err.decode()
+    changed, same, new, long = json.loads(out)
+    assert changed["original"] == [["Refunds take ", False], ["ten", True], [" days.", False]]
+    assert changed["edited"] == [
+        ["Refunds take ", False],
+        ["five", True],
+        [" ", False],
+        ["business", True],
+        [" days.", False],
+    ]
+    assert same["original"] == same["edited"] == [["same  text", False]]
+    assert new["original"] == [] and new["edited"] == [["all", True], [" ", False], ["new", True]]
+    assert long["marked"] is False and long["original"] == [["word " * 2000, False]]
