@@ -45,6 +45,15 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 VIEWS = ["Adapters", "Tenants", "Rounds", "Gate reports", "Audit"]
+# Each view's table, by its caption (the name of the box it scrolls in): waiting for it waits
+# for that view to be drawn, not for the one still shown while it loads.
+CAPTIONS = {
+    "adapters": "Adapter versions",
+    "tenants": "Tenants",
+    "rounds": "Training rounds",
+    "gates": "Gate reports",
+    "audit": "Audit log (last 200 events)",
+}
 
 GATE_SUMMARY = "\n".join(
     [
@@ -414,10 +423,10 @@ async def test_a_phone_screen_fits_and_every_control_is_big_enough_to_tap(
         .map(([name, r]) => `${name}: ${Math.round(r.width)}x${Math.round(r.height)}`)"""
     assert await page.evaluate(small_targets) == []
     await _sign_in(page, gateway)
-    for name in VIEWS:
+    for name, caption in zip(VIEWS, CAPTIONS.values(), strict=True):
         await _nav(page, name).click()
         await expect(_nav(page, name)).to_have_attribute("aria-current", "page")
-        await expect(page.locator("#view table")).to_be_visible()
+        await expect(page.get_by_role("region", name=caption)).to_be_visible()
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name}: the page is {width} px wide"
         assert await page.evaluate(small_targets) == [], name
