@@ -20,11 +20,16 @@ FILES = {
     "console.js": "text/javascript",
     "console-adapter.js": "text/javascript",
     "console-api.js": "text/javascript",
+    "console-charts.js": "text/javascript",
     "console-diff.js": "text/javascript",
     "console-names.js": "text/javascript",
     "console-tenant.js": "text/javascript",
     "console-ui.js": "text/javascript",
     "console.css": "text/css",
+    # uPlot 1.6.32 (MIT, https://github.com/leeoniya/uPlot), vendored unchanged: the charts.
+    "uplot.esm.js": "text/javascript",
+    "uplot.min.css": "text/css",
+    "uplot.LICENSE": "text/plain; charset=utf-8",
 }
 HEADERS = {
     "content-security-policy": (

@@ -2,6 +2,7 @@
 // linked to the round that produced it and the gate report that judged it; the gate reports as
 // tables; the feedback gathered since the last round; promote, roll back, add a version and
 // freeze a golden set.  Every value is written as text.
+import { feedbackChart, gateChart } from "/console/console-charts.js";
 import { wordDiff } from "/console/console-diff.js";
 import { cell, el, kv, say, table } from "/console/console-ui.js";
 
@@ -255,12 +256,14 @@ function addVersion(ctx, detail) {
 
 export async function adapterView(ctx, { tenant, adapter }) {
   const detail = await ctx.client.adapter(tenant, adapter);
-  return el(
+  const charts = [feedbackChart(detail), gateChart(detail)];
+  const page = el(
     "div",
     { className: "adapter-page" },
     el("h2", { id: "page-title", tabindex: "-1" }, `${detail.tenant} / ${detail.adapter}`),
     lineage(ctx, detail),
     feedbackSince(ctx, detail),
+    section("h-charts", "Across versions", ...charts.map((c) => c.node)),
     section(
       "h-gates",
       "Gate reports",
@@ -270,4 +273,6 @@ export async function adapterView(ctx, { tenant, adapter }) {
     goldenSets(ctx, detail),
     addVersion(ctx, detail),
   );
+  page.afterShow = () => charts.forEach((c) => c.draw()); // a chart needs its width: drawn once shown
+  return page;
 }

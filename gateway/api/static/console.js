@@ -392,6 +392,7 @@ async function show(name, { params = {}, keepMessage = false, push = true, moveF
     const content = await views[name](params);
     if (ticket !== shown || !client) return;
     $("view").replaceChildren(content);
+    if (content.afterShow) content.afterShow();
     if (moveFocus || (params.focus && params.focus.length)) {
       if (!focusTarget(params)) $("view").focus();
     } else if (keepMessage) {

@@ -238,6 +238,11 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     tenant = f"shop-{size}"
     name = f"{tenant}/support"
     page = await console._page(browser, gateway, viewport)  # type: ignore[arg-type]
+    blocked: list[str] = []  # the strict CSP must hold: nothing inline, nothing from elsewhere
+    page.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     await console._sign_in(page, gateway)  # type: ignore[arg-type]
     message = page.locator("#message")
     view = page.locator("#view")
@@ -359,6 +364,25 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(edit.locator(".sides > div").first).to_contain_text(original.strip()[:10])
     await expect(edit.locator(".sides > div").nth(1)).to_have_text("Edited" + EDITED)
     await expect(edit.locator("ins").first).to_be_visible()
+    # Charts (uPlot, vendored): feedback rates and a gate metric across versions, each with its
+    # numbers in a table.
+    rates = page.locator("#chart-feedback")
+    await expect(rates.locator("canvas")).to_be_visible()
+    await expect(rates.locator(".u-legend")).to_contain_text("thumbs down")
+    await rates.get_by_text("The numbers").click()
+    v1_rates = rates.locator(".table-wrap tbody tr", has_text="@1")
+    for col, text in (("completions", "2"), ("up", "0"), ("down", "50"), ("edits", "50")):
+        await expect(v1_rates.locator(f"[data-col={col}]")).to_have_text(text)
+    gates = page.locator("#chart-gate")
+    await expect(gates.locator("canvas")).to_be_visible()
+    await gates.get_by_label("Gate metric").select_option(label="mean length (tokens)")
+    await gates.get_by_text("The numbers").click()
+    judged = gates.locator(".table-wrap tbody tr")
+    await expect(judged).to_have_count(2)
+    await expect(judged.nth(0)).to_contain_text("@2")
+    await expect(judged.nth(1).locator("[data-col=candidate]")).to_have_text("90")
+    await expect(judged.nth(1).locator("[data-col=bound]")).to_have_text("60")
+    await expect(judged.nth(1).locator("[data-col=outcome]")).to_have_text("fail")
     assert await page.evaluate(UNLABELLED) == []
     if size == "phone":
         assert await page.evaluate(SMALL_TARGETS) == []
@@ -446,6 +470,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
         await expect(view.get_by_role("region", name=caption)).to_be_visible()  # drawn
         LAYOUTS[f"{size} {nav}"] = await _overflow(page)
         _fits(LAYOUTS[f"{size} {nav}"])
+    assert blocked == []
     print(json.dumps({k: v for k, v in LAYOUTS.items() if k.startswith(size)}, indent=1))
     await page.context.close()
 
