@@ -18,11 +18,13 @@ app = typer.Typer(no_args_is_help=True, help="Adapters and their versions.")
 def add(
     path: Path = typer.Argument(..., exists=True, file_okay=False, help="A PEFT LoRA directory."),
     tenant: str = typer.Option(..., help="Tenant name."),
-    name: str = typer.Option(..., help="Adapter name (what clients put in `model`)."),
+    name: str = typer.Option(
+        ..., "--adapter", "--name", help="Adapter name (what clients put in `model`)."
+    ),
     sign: bool = typer.Option(False, "--sign", help="Sign the stored copy with the ops key."),
     signature: Path = typer.Option(None, help="A signature bundle made elsewhere for PATH."),
 ) -> None:
-    """Register PATH as the next version of TENANT's adapter NAME."""
+    """Register PATH as the next version of TENANT's ADAPTER."""
     from gateway.services.adapters import add_adapter
 
     async def go(db: Database, s: Settings) -> str:
@@ -68,7 +70,7 @@ def list_(tenant: str = typer.Option(None, help="Only this tenant.")) -> None:
 @clean_errors
 def verify(
     tenant: str = typer.Option(...),
-    name: str = typer.Option(...),
+    name: str = typer.Option(..., "--adapter", "--name"),
     version: int = typer.Option(...),
 ) -> None:
     """Check a stored version's signature against the trusted public key."""

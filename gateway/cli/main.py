@@ -28,8 +28,10 @@ from gateway.cli import (
     serve,
     tenants,
 )
+from gateway.cli.common import OneLineErrors
 
 app = typer.Typer(
+    cls=OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     help="Flywheel: multi-LoRA gateway with a feedback loop.",

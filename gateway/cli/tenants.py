@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ def update(
     retention_days: int = typer.Option(None, help="Delete completions/feedback older than this."),
     auto_promote: bool = typer.Option(None, help="Promote candidates that pass the gate."),
     retrain: bool = typer.Option(None, help="Let the retrain worker run rounds for this tenant."),
+    retrain_min_feedback: int = typer.Option(
+        None, help="New feedback rows that make the worker queue a round."
+    ),
+    retrain_max_age_hours: float = typer.Option(
+        None, help="Or: hours after which any new feedback makes the worker queue a round."
+    ),
     disabled: bool = typer.Option(None, help="Disable the tenant (its keys stop working)."),
     retrain_recipe: Path = typer.Option(
         None,
@@ -72,6 +79,8 @@ def update(
     ),
 ) -> None:
     """Change a tenant's limits and settings."""
+    if retrain_max_age_hours is not None and not 0 < retrain_max_age_hours < math.inf:
+        raise typer.BadParameter("--retrain-max-age-hours must be a number of hours above 0")
     changes: dict[str, Any] = {
         k: v
         for k, v in {
@@ -81,6 +90,8 @@ def update(
             "retention_days": retention_days,
             "auto_promote": auto_promote,
             "retrain_enabled": retrain,
+            "retrain_min_feedback": retrain_min_feedback,
+            "retrain_max_age_hours": retrain_max_age_hours,
             "disabled": disabled,
         }.items()
         if v is not None
