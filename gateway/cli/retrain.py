@@ -103,6 +103,7 @@ def worker(
     from prometheus_client import start_http_server
 
     from gateway.cli.common import settings
+    from gateway.cli.retrain_idle import idle_reasons
     from gateway.core.logs import configure_logging
     from retrain.worker import run_worker
 
@@ -111,7 +112,11 @@ def worker(
         # Round and gate metrics happen here, not in the gateway: expose them for scraping.
         start_http_server(metrics_port)
 
-    async def go(db: Database, s: Settings) -> int:
-        return await run_worker(db, s, once=once, poll_s=poll)
+    async def go(db: Database, s: Settings) -> tuple[int, list[str]]:
+        ran = await run_worker(db, s, once=once, poll_s=poll)
+        return ran, (await idle_reasons(db) if ran == 0 else [])
 
-    out(f"rounds run: {run_db(go)}")
+    ran, reasons = run_db(go)
+    out(f"rounds run: {ran}")
+    for reason in reasons:
+        out(f"  {reason}")
