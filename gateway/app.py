@@ -64,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from adapters.promotion import Promoter
     from feedback.log import CompletionLog
     from feedback.pending import SharedPending
-    from gateway.core.admin_tokens import ensure_dev_admin_token
+    from gateway.core.admin_tokens import admin_token_location, ensure_dev_admin_token
 
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await completions.start()
         async with db.transaction() as session:
             await ensure_dev_admin_token(session, settings)
+        console = f"{settings.resolved_gateway_url}/console" if settings.console else "off"
+        log.info("console: %s; admin token: %s", console, admin_token_location(settings))
         app.state.flywheel = AppState(
             settings=settings,
             db=db,

@@ -32,9 +32,12 @@ def serve(
     s = settings()
     configure_logging(s)
     log.info("starting Flywheel with the %s engine, %d worker(s)", s.engine, workers)
+    # The app logs its console URL from these; worker processes read them from the environment.
+    bind = {"host": host or s.host, "port": port or s.port}
+    s = s.model_copy(update=bind)
+    os.environ.update({"FLYWHEEL_HOST": s.host, "FLYWHEEL_PORT": str(s.port)})
     common = {
-        "host": host or s.host,
-        "port": port or s.port,
+        **bind,
         "log_config": None,
         "timeout_graceful_shutdown": 30,
     }
@@ -60,23 +63,26 @@ def serve(
 
 
 def _prepare_once(s: Settings) -> None:
-    """Migrations and the demo bootstrap, here, before the workers start: done by every worker
-    at once they would race (two CREATE TABLEs, two sets of demo tenants)."""
+    """Migrations, the demo bootstrap and the development admin token, here, before the workers
+    start: done by every worker at once they would race (two CREATE TABLEs, two sets of demo
+    tenants, two admin-token files)."""
     import asyncio
 
     from adapters.base_models import resolve_base
+    from gateway.core.admin_tokens import ensure_dev_admin_token
     from gateway.core.db.migrate import upgrade_sync
     from gateway.core.db.session import Database
     from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
 
     upgrade_sync(s.resolved_database_url)
-    if not s.bootstraps_demo:
-        return
 
     async def bootstrap() -> None:
         db = Database(s.resolved_database_url)
         try:
-            print_demo_keys(await demo_bootstrap(db, s, resolve_base(s)))
+            if s.bootstraps_demo:
+                print_demo_keys(await demo_bootstrap(db, s, resolve_base(s)))
+            async with db.transaction() as session:
+                await ensure_dev_admin_token(session, s)
         finally:
             await db.close()
 

@@ -71,6 +71,18 @@ async def ensure_dev_admin_token(session: AsyncSession, settings: Settings) -> N
         fp.write(secret + "\n")
 
 
+def admin_token_location(settings: Settings) -> str:
+    """Where an operator finds an admin token, for the start-up log: a place, never the token."""
+    places = []
+    if settings.admin_token is not None:
+        places.append("FLYWHEEL_ADMIN_TOKEN")
+    if settings.environment == "development":
+        places.append(f"the file {dev_token_path(settings)}")
+    if not places:
+        return "none is kept here: create one with `flywheel admin token-create`"
+    return " or ".join(places)
+
+
 def local_admin_token(settings: Settings) -> str | None:
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
