@@ -29,14 +29,40 @@ class AuthContext:
     key_id: str
 
 
-def bearer_token(request: Request) -> str:
+@dataclass(frozen=True)
+class Credential:
+    """What a surface takes as its bearer token, named in the 401 that asks for it."""
+
+    message: str
+    code: str
+
+
+API_KEY = Credential(
+    "Missing API key: send 'Authorization: Bearer <your Flywheel key>'.", "missing_api_key"
+)
+ADMIN_TOKEN = Credential(
+    "Missing admin token: send 'Authorization: Bearer <admin token>', an admin token and not a "
+    "tenant's API key (`flywheel admin token-create` makes one; in development the gateway's "
+    "start-up log says where its own is).",
+    "missing_admin_token",
+)
+METRICS_TOKEN = Credential(
+    "Missing metrics token: send 'Authorization: Bearer <metrics token>' "
+    "(FLYWHEEL_METRICS_TOKEN) or an admin token.",
+    "missing_metrics_token",
+)
+FEEDBACK_CREDENTIAL = Credential(
+    "Missing API key: send 'Authorization: Bearer <your Flywheel key>', or from a browser the "
+    "feedback token of the completion (the x-flywheel-feedback-token header).",
+    "missing_api_key",
+)
+
+
+def bearer_token(request: Request, wants: Credential = API_KEY) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(
-            "Missing API key: send 'Authorization: Bearer <your Flywheel key>'.",
-            code="missing_api_key",
-        )
+        raise AuthenticationError(wants.message, code=wants.code)
     return token.strip()
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.deps import StateDep, bearer_token
+from gateway.api.deps import METRICS_TOKEN, StateDep, bearer_token
 from gateway.core.admin_tokens import check_admin_token
 
 router = APIRouter(tags=["health"])
@@ -44,7 +44,7 @@ async def metrics_reader(request: Request, state: StateDep) -> None:
     """``/metrics`` is for the operator: it names every tenant, adapter and version with their
     traffic, so it takes the metrics token (checked without the database, so scrapes keep
     working through an outage) or an admin token, and refuses tenant keys and anonymous calls."""
-    token = bearer_token(request)
+    token = bearer_token(request, METRICS_TOKEN)
     configured = state.settings.metrics_token
     if configured is not None and hmac.compare_digest(
         token.encode(), configured.get_secret_value().encode()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.api.deps import StateDep, bearer_token
+from gateway.api.deps import ADMIN_TOKEN, StateDep, bearer_token
 from gateway.core.admin_tokens import check_admin_token
 from gateway.core.audit import Actor
 
@@ -14,7 +14,7 @@ AdminContext = Actor  # the admin token's actor and the client's address, for th
 
 
 async def get_admin(request: Request, state: StateDep) -> AdminContext:
-    token = bearer_token(request)
+    token = bearer_token(request, ADMIN_TOKEN)
     async with state.db.session() as session:
         actor = await check_admin_token(session, state.settings, token)
     client = request.client

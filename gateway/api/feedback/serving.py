@@ -30,7 +30,7 @@ from starlette.responses import Response
 from feedback.service import list_feedback, not_found, record_feedback
 from feedback.tokens import is_feedback_token, verify
 from gateway.api.body import read_json
-from gateway.api.deps import bearer_token, get_tenant
+from gateway.api.deps import FEEDBACK_CREDENTIAL, bearer_token, get_tenant
 from gateway.api.errors import error_response, validation_error
 from gateway.api.feedback.protocol import FeedbackBatch, FeedbackItem, FeedbackList, FeedbackObject
 from gateway.core import metrics
@@ -202,7 +202,7 @@ class FeedbackServing:
         return JSONResponse(body.model_dump(), headers=self._ok_headers(auth))
 
     async def _authenticate(self) -> FeedbackAuth:
-        token = bearer_token(self.request)
+        token = bearer_token(self.request, FEEDBACK_CREDENTIAL)
         settings = self.state.settings
         if not is_feedback_token(token):
             ctx = await get_tenant(self.request, self.state)
