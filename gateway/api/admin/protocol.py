@@ -319,3 +319,20 @@ class AdapterDetail(BaseModel):
     gate_reports: list[GateReportDetail]
     golden_sets: list[GoldenSetOut]
     feedback_since_last_round: FeedbackSince
+
+
+class NextRound(BaseModel):
+    """What ``flywheel retrain run --dry-run`` would say for this adapter now; nothing is run."""
+
+    ready: bool = Field(description="Whether a round could start now (run by hand or a worker).")
+    why_not: str | None = Field(description="Why it could not, in the planner's words.")
+    retrain_enabled: bool = Field(description="Whether the tenant's worker runs rounds itself.")
+    since: UTCDatetime | None
+    cutoff: UTCDatetime | None
+    method: str | None
+    reason: str | None = Field(description="Why that method.")
+    counts: dict[str, int]
+    train_rows: int | None
+    heldout_rows: int | None
+    golden_set_version: int | None
+    lines: list[str] = Field(description="The dry run's text, one line each.")

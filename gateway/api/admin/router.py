@@ -29,6 +29,7 @@ from gateway.api.admin.protocol import (
     GoldenAdded,
     KeyOut,
     NewKey,
+    NextRound,
     Promote,
     Rollback,
     RotatedKeys,
@@ -165,6 +166,13 @@ async def adapter_detail(
     report that judged it), its rounds, its gate reports as tables (serving, candidate, rule and
     outcome per metric), its golden sets, and the feedback gathered since the last round."""
     return await serving.adapter_detail(session, tenant, name, limit, recent_edits)
+
+
+@router.get("/adapters/{tenant}/{name}/next-round")
+async def next_round(tenant: str, name: str, state: StateDep) -> NextRound:
+    """The next training round's plan as a dry run (data since the last round, method, split,
+    golden set), or why no round could start now; nothing is trained or written."""
+    return await serving.next_round(state.db, state.settings, tenant, name)
 
 
 @router.post("/adapters", status_code=201)

@@ -27,9 +27,11 @@ from gateway.api.admin.protocol import (
     GateReportOut,
     GoldenSetOut,
     LineageVersion,
+    NextRound,
     RoundOut,
     VersionFeedback,
 )
+from gateway.core.config import Settings
 from gateway.core.db.models import (
     Adapter,
     AdapterVersion,
@@ -41,6 +43,8 @@ from gateway.core.db.models import (
     RouteEvent,
     TrainingRound,
 )
+from gateway.core.db.session import Database
+from gateway.core.errors import RequestError
 from gateway.core.tenants import get_tenant
 from retrain.gate_rules import DEFAULT_THRESHOLDS, Improvement, SideMetrics, decide
 
@@ -462,4 +466,45 @@ async def adapter_detail(
             for g in goldens
         ],
         feedback_since_last_round=await _feedback_since(session, a, numbers, recent_edits),
+    )
+
+
+async def next_round(db: Database, settings: Settings, tenant: str, name: str) -> NextRound:
+    """The next round's plan as a dry run: the planner itself, reading only."""
+    # retrain.rounds brings the trainer's modules (torch): imported when a plan is asked for.
+    from retrain.rounds import prepare
+
+    async with db.session() as session:
+        t = await get_tenant(session, tenant)
+        await get_adapter(session, t.id, name)  # a missing adapter is a 404, not "not ready"
+    try:
+        p = await prepare(db, settings, tenant=tenant, adapter=name)
+    except RequestError as exc:  # no golden set, too little feedback, ...: not ready
+        return NextRound(
+            ready=False,
+            why_not=exc.message,
+            retrain_enabled=t.retrain_enabled,
+            since=None,
+            cutoff=None,
+            method=None,
+            reason=None,
+            counts={},
+            train_rows=None,
+            heldout_rows=None,
+            golden_set_version=None,
+            lines=[],
+        )
+    return NextRound(
+        ready=True,
+        why_not=None,
+        retrain_enabled=t.retrain_enabled,
+        since=p.since,
+        cutoff=p.cutoff,
+        method=p.plan.method,
+        reason=p.plan.reason,
+        counts=p.counts,
+        train_rows=len(p.train),
+        heldout_rows=len(p.heldout),
+        golden_set_version=p.golden_version,
+        lines=p.describe().splitlines(),
     )

@@ -4,6 +4,7 @@
 // freeze a golden set.  Every value is written as text.
 import { feedbackChart, gateChart } from "/console/console-charts.js";
 import { wordDiff } from "/console/console-diff.js";
+import { tenantRoute } from "/console/console-tenant.js";
 import { cell, el, kv, say, table } from "/console/console-ui.js";
 
 export const adapterRoute = (tenant, adapter, ...rest) =>
@@ -120,6 +121,35 @@ function feedbackSince(ctx, detail) {
     el("h4", {}, "Recent edits"),
     ...(edits.length ? edits : [el("p", { className: "note" }, "none yet")]),
   );
+}
+
+// The next round as a dry run: loaded after the page is shown (the planner takes a moment).
+function nextRound(ctx, detail) {
+  const body = el("div", { id: "next-round", "aria-live": "polite" }, el("p", { className: "note" }, "Working out the plan…"));
+  const load = async () => {
+    try {
+      const n = await ctx.client.nextRound(detail.tenant, detail.adapter);
+      const settings = el("a", { href: tenantRoute(detail.tenant) }, `${detail.tenant}'s settings`);
+      body.replaceChildren(
+        n.ready
+          ? el("p", {}, `A round could start now: ${n.method.toUpperCase()} on ${n.train_rows} rows, ${n.heldout_rows} held out for the gate, judged on golden set v${n.golden_set_version}. ${n.reason}.`)
+          : el("p", {}, `No round could start now: ${n.why_not}.`),
+        el(
+          "p",
+          { className: "note" },
+          n.retrain_enabled
+            ? "Retraining is on: the worker starts a round once enough feedback has come in ("
+            : "Retraining is off for this tenant: the worker starts no round by itself (`flywheel retrain run` still can; ",
+          settings,
+          ").",
+        ),
+        n.lines.length ? el("details", {}, el("summary", {}, "The dry run"), el("pre", {}, n.lines.join("\n"))) : null,
+      );
+    } catch (err) {
+      body.replaceChildren(el("p", { className: "note" }, `The plan could not be worked out: ${err.message}`));
+    }
+  };
+  return { node: section("h-next", "Next round (dry run)", body), load };
 }
 
 function gateReport(ctx, detail, g) {
@@ -257,12 +287,14 @@ function addVersion(ctx, detail) {
 export async function adapterView(ctx, { tenant, adapter }) {
   const detail = await ctx.client.adapter(tenant, adapter);
   const charts = [feedbackChart(detail), gateChart(detail)];
+  const next = nextRound(ctx, detail);
   const page = el(
     "div",
     { className: "adapter-page" },
     el("h2", { id: "page-title", tabindex: "-1" }, `${detail.tenant} / ${detail.adapter}`),
     lineage(ctx, detail),
     feedbackSince(ctx, detail),
+    next.node,
     section("h-charts", "Across versions", ...charts.map((c) => c.node)),
     section(
       "h-gates",
@@ -273,6 +305,9 @@ export async function adapterView(ctx, { tenant, adapter }) {
     goldenSets(ctx, detail),
     addVersion(ctx, detail),
   );
-  page.afterShow = () => charts.forEach((c) => c.draw()); // a chart needs its width: drawn once shown
+  page.afterShow = () => {
+    charts.forEach((c) => c.draw()); // a chart needs its width: drawn once shown
+    next.load();
+  };
   return page;
 }

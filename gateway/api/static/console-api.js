@@ -100,6 +100,11 @@ export class AdminClient {
     return this.request("GET", `/admin/adapters/${q(tenant)}/${q(adapter)}`);
   }
 
+  // The next round's plan as a dry run, or why no round could start now.
+  nextRound(tenant, adapter) {
+    return this.request("GET", `/admin/adapters/${q(tenant)}/${q(adapter)}/next-round`);
+  }
+
   // A PEFT directory on the gateway host, registered as the adapter's next version.
   addAdapter(tenant, name, path, sign = false) {
     return this.request("POST", "/admin/adapters", { tenant, name, path, sign });

@@ -101,7 +101,14 @@ async def env(
     demo_adapters: list[Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Env]:
-    settings = make_settings(tmp_path_factory.mktemp("page"), fresh_database_url, demo_base)
+    # Rounds from a handful of rows, so that the next round's plan is ready here.
+    settings = make_settings(
+        tmp_path_factory.mktemp("page"),
+        fresh_database_url,
+        demo_base,
+        retrain_min_rows=2,
+        retrain_min_pairs=1,
+    )
     app = create_app(settings)
     async with running_app(app) as client:
         state = app.state.flywheel
@@ -319,8 +326,12 @@ async def test_promote_and_rollback_move_the_serving_version_and_the_rollback_ta
     assert r.json()["to_version"] == 1
 
 
-async def test_golden_sets_are_listed_and_unknown_names_are_404(env: Env) -> None:
+async def test_golden_sets_the_next_rounds_plan_and_unknown_names(env: Env) -> None:
     c, h = env.client, env.admin
+    # The next round's plan, as a dry run: not before a golden set exists, and it says so.
+    before = (await c.get("/admin/adapters/acme/support/next-round", headers=h)).json()
+    assert before["ready"] is False and "no golden set" in before["why_not"]
+    assert before["retrain_enabled"] is False and before["lines"] == []
     items = [
         {"prompt": "Refund policy?", "reference": "Five business days."},
         {"prompt": "Hours?", "checks": [{"type": "contains", "value": "9"}]},
@@ -330,8 +341,21 @@ async def test_golden_sets_are_listed_and_unknown_names_are_404(env: Env) -> Non
     )
     assert r.status_code == 201, r.text
     (golden,) = (await page(env))["golden_sets"]
+    plan = (await c.get("/admin/adapters/acme/support/next-round", headers=h)).json()
+    assert plan["ready"] is True and plan["why_not"] is None
+    assert (plan["method"], plan["golden_set_version"]) == ("dpo", 1)
+    assert plan["counts"]["edit pairs"] == 1 and plan["counts"]["thumbs down"] == 1
+    assert plan["train_rows"] + plan["heldout_rows"] == 1
+    assert datetime.fromisoformat(plan["since"]) == datetime.fromisoformat(
+        (await page(env))["feedback_since_last_round"]["since"]
+    )
+    assert plan["lines"][0] == "tenant acme, adapter support, parent v1"
     assert (golden["version"], golden["items"]) == (1, 2)
-    for path in ("/admin/adapters/acme/nope", "/admin/adapters/nobody/support"):
+    for path in (
+        "/admin/adapters/acme/nope",
+        "/admin/adapters/nobody/support",
+        "/admin/adapters/acme/nope/next-round",
+    ):
         r = await c.get(path, headers=h)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await c.get("/admin/adapters/acme/support")).status_code == 401

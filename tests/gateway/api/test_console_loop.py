@@ -364,6 +364,11 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(edit.locator(".sides > div").first).to_contain_text(original.strip()[:10])
     await expect(edit.locator(".sides > div").nth(1)).to_have_text("Edited" + EDITED)
     await expect(edit.locator("ins").first).to_be_visible()
+    # The next round, as a dry run: not yet (too little feedback), and retraining is off.
+    plan = page.locator("#next-round")
+    await expect(plan).to_contain_text("No round could start now: too little feedback")
+    await expect(plan).to_contain_text("Retraining is off for this tenant")
+
     # Charts (uPlot, vendored): feedback rates and a gate metric across versions, each with its
     # numbers in a table.
     rates = page.locator("#chart-feedback")
