@@ -353,7 +353,8 @@ def build_rows(
     rule: Rule, prompts: Sequence[str], answers: Sequence[Answer], opts: Options
 ) -> tuple[Any, list[Any]]:
     """The round's plan and rows: edit pairs (DPORow) or thumbs (KTORow), as chat messages."""
-    from retrain.plan import DPORow, KTORow, make_plan
+    from feedback.examples import DPORow, KTORow
+    from retrain.plan import make_plan
 
     def assistant(text: str) -> list[dict[str, str]]:
         return [{"role": "assistant", "content": text}]

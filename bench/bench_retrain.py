@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.demo import build_demo_adapter, build_demo_base
-from retrain.plan import DPORow, default_hyperparameters
+from feedback.examples import DPORow
+from retrain.plan import default_hyperparameters
 from retrain.train import train_round
 
 

@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feedback.diff import unified
+from feedback.examples import DPORow, KTORow
 from gateway.core.db.models import Adapter, Completion, Feedback
 from gateway.core.db.session import Database
 from gateway.core.errors import InvalidRequest, NotFound
@@ -178,8 +179,8 @@ async def select_rows(
     return selection
 
 
-def to_kto(rows: Iterable[FeedbackRow]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def to_kto(rows: Iterable[FeedbackRow]) -> list[KTORow]:
+    out: list[KTORow] = []
     for row in rows:
         edit = row.edit
         if edit is not None:
@@ -190,27 +191,19 @@ def to_kto(rows: Iterable[FeedbackRow]) -> list[dict[str, Any]]:
     return out
 
 
-def _kto(row: FeedbackRow, text: str, label: bool, signal: str) -> dict[str, Any]:
-    return {
-        "prompt": row.prompt,
-        "completion": row.answer(text),
-        "label": label,
-        "meta": row.meta(signal),
-    }
+def _kto(row: FeedbackRow, text: str, label: bool, signal: str) -> KTORow:
+    return KTORow(row.prompt, row.answer(text), label, row.meta(signal))
 
 
-def to_dpo(rows: Iterable[FeedbackRow]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def to_dpo(rows: Iterable[FeedbackRow]) -> list[DPORow]:
+    out: list[DPORow] = []
     for row in rows:
         edit = row.edit
         if edit is not None:
             out.append(
-                {
-                    "prompt": row.prompt,
-                    "chosen": row.answer(edit),
-                    "rejected": row.answer(row.response_text),
-                    "meta": row.meta("edit"),
-                }
+                DPORow(
+                    row.prompt, row.answer(edit), row.answer(row.response_text), row.meta("edit")
+                )
             )
     return out
 
@@ -248,7 +241,7 @@ async def export(
                     f"No adapter named {adapter_name!r} for this tenant.", param="adapter"
                 )
         rows = await select_rows(session, tenant.id, adapter_id=adapter_id, since=since)
-    records = to_kto(rows) if fmt == "kto" else to_dpo(rows)
+    records: list[KTORow] | list[DPORow] = to_kto(rows) if fmt == "kto" else to_dpo(rows)
     if rows.skipped_no_content or rows.superseded:
         log.info(
             "export: %d feedback rows used, %d skipped without stored content, %d superseded",
@@ -256,4 +249,4 @@ async def export(
             rows.skipped_no_content,
             rows.superseded,
         )
-    return write_jsonl(records, out)
+    return write_jsonl((r.to_json() for r in records), out)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from retrain.plan import DPORow, Hyperparameters
+from feedback.examples import DPORow
+from retrain.plan import Hyperparameters
 from retrain.train import TrainResult, train_round
 
 Style = Literal["terse", "globex"]

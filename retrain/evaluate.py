@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retrain.plan import DPORow, KTORow, Text
+from feedback.examples import DPORow, KTORow, Text
 
 
 def _ids(tokenizer: Any, text: Text, *, generation_prompt: bool = False) -> list[int]:

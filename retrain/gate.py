@@ -22,6 +22,7 @@ from adapters.golden import golden_for_gate
 from adapters.promotion import adapter_ref
 from adapters.registry import get_adapter, get_version
 from adapters.signing import adapter_signer
+from feedback.examples import DPORow, KTORow, example_from_json
 from gateway.core import audit, metrics
 from gateway.core.config import Settings
 from gateway.core.db.models import AdapterVersion, GateReport, TrainingRound
@@ -39,7 +40,6 @@ from retrain.gate_rules import (
     summary,
     thresholds_for,
 )
-from retrain.plan import DPORow
 from retrain.stats import permutation_test, sign_test
 
 log = logging.getLogger("flywheel.gate")
@@ -64,7 +64,7 @@ async def _generate_all(
     base: BaseModel, settings: Settings, refs: list[AdapterRef | None], items: list[dict[str, Any]]
 ) -> list[list[tuple[str, int]]]:
     """Greedy answers (text, tokens) of each adapter for each golden item, in one engine."""
-    from gateway.engine.embedded import EmbeddedEngine
+    from gateway.engine.embedded import EmbeddedEngine  # deferred: torch, transformers
 
     # No verifier: the candidate is not signed until it passes; both adapters are this
     # process's own files, read from the artifact store.
@@ -138,7 +138,7 @@ def _score(
     heldout: Heldout,
     references: list[tuple[Any, str]],
 ) -> Scored:
-    from retrain.evaluate import Scorer
+    from retrain.evaluate import Scorer  # deferred: torch, transformers, PEFT
 
     scorer = Scorer.load(base.path, adapter_dir, device=settings.device)
     prefs, margins, good, bad = None, [], [], []
@@ -149,8 +149,8 @@ def _score(
             "mean_margin": sum(margins) / len(margins),
         }
     elif heldout.desirable and heldout.undesirable:
-        good = scorer.logprobs(heldout.desirable)
-        bad = scorer.logprobs(heldout.undesirable)
+        good = scorer.logprobs([(r.prompt, r.completion) for r in heldout.desirable])
+        bad = scorer.logprobs([(r.prompt, r.completion) for r in heldout.undesirable])
         prefs = _kto_preferences(good, bad)
     nll = scorer.reference_nll(references) if references else None
     return Scored(prefs, nll, margins, good, bad)
@@ -185,7 +185,7 @@ def _fluency(
     base: BaseModel, settings: Settings, items: list[dict[str, Any]], sides: list[list[str]]
 ) -> list[float | None]:
     """Mean NLL per token of each side's golden answers under the bare base model."""
-    from retrain.evaluate import Scorer, completion_logprobs
+    from retrain.evaluate import Scorer, completion_logprobs  # deferred: torch, transformers
 
     scorer = Scorer.load(base.path, None, device=settings.device)
     out: list[float | None] = []
@@ -204,8 +204,8 @@ def _fluency(
 @dataclass
 class Heldout:
     pairs: list[DPORow]
-    desirable: list[tuple[Any, Any]]
-    undesirable: list[tuple[Any, Any]]
+    desirable: list[KTORow]
+    undesirable: list[KTORow]
 
     @property
     def size(self) -> int:
@@ -215,13 +215,12 @@ class Heldout:
 def heldout_of(round_: TrainingRound | None) -> Heldout:
     """The round's held-out feedback: DPO pairs, or KTO rows split by label."""
     held = Heldout([], [], [])
-    for row in round_.heldout if round_ is not None else []:
-        if "chosen" in row:
-            held.pairs.append(DPORow(row["prompt"], row["chosen"], row["rejected"]))
-        elif row.get("label"):
-            held.desirable.append((row["prompt"], row["completion"]))
+    for stored in round_.heldout if round_ is not None else []:
+        row = example_from_json(stored)
+        if isinstance(row, DPORow):
+            held.pairs.append(row)
         else:
-            held.undesirable.append((row["prompt"], row["completion"]))
+            (held.desirable if row.label else held.undesirable).append(row)
     return held
 
 

@@ -3,14 +3,8 @@
 Pure functions on counts and rows (no torch), so ``flywheel retrain --dry-run`` can print the
 plan, and refuse a hopeless round, without loading a model.
 
-Rows use TRL's dataset formats, either all plain text or all conversational:
-
-* KTO (unpaired): ``prompt``, ``completion``, ``label`` (True = desirable, a thumbs-up).
-* DPO (paired): ``prompt``, ``chosen``, ``rejected`` (an edit: the user's text is chosen, the
-  model's original answer rejected).
-
-A conversational prompt is a list of ``{"role", "content"}`` messages and each completion a list
-holding one assistant message; TRL then renders them with the tokenizer's chat template.
+Rows are ``feedback.examples.KTORow`` and ``DPORow`` (TRL's dataset formats), the one shape a
+feedback example has from the export to the gate.
 
 Method rule (``choose_method``), with ``requested="auto"``:
 
@@ -34,15 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from feedback.examples import DPORow, KTORow
 from gateway.core.errors import InvalidRequest
 
 Method: TypeAlias = Literal["kto", "dpo", "sft", "orpo", "simpo"]
 METHODS: tuple[Method, ...] = ("dpo", "kto", "sft", "orpo", "simpo")
 # Methods that train on edit pairs (prompt, chosen, rejected); KTO trains on labelled rows.
 PAIR_METHODS = frozenset({"dpo", "sft", "orpo", "simpo"})
-Message: TypeAlias = dict[str, str]
-# A plain string, or TRL's conversational format: a list of {"role", "content"} messages.
-Text: TypeAlias = str | list[Message]
 
 # Below these a round learns noise: a handful of rows moves a LoRA mostly by chance.
 DEFAULT_MIN_PAIRS = 10
@@ -55,66 +47,6 @@ DEFAULT_MAX_IMBALANCE = 10.0
 # or TRL's two-decimal check, never lands outside.
 KTO_WEIGHT_RATIO_RANGE = (1.0, 4.0 / 3.0)
 _KTO_TARGET_RATIO = 7.0 / 6.0
-
-
-def _check_text(value: Text, what: str, *, completion: bool) -> None:
-    if isinstance(value, str):
-        return
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest(f"{what} must be a string or a non-empty list of chat messages")
-    for message in value:
-        if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
-            raise InvalidRequest(f"{what}: every chat message needs 'role' and 'content'")
-    if completion and (len(value) != 1 or value[0]["role"] != "assistant"):
-        raise InvalidRequest(f"{what} must be a list holding exactly one assistant message")
-
-
-def _check_same_format(prompt: Text, answers: Sequence[Text]) -> None:
-    conversational = isinstance(prompt, list)
-    if any(isinstance(answer, list) != conversational for answer in answers):
-        raise InvalidRequest("prompt and completions must be all plain text or all chat messages")
-
-
-@dataclass(frozen=True)
-class KTORow:
-    """One unpaired example: a completion labelled desirable (True) or undesirable (False)."""
-
-    prompt: Text
-    completion: Text
-    label: bool
-
-    def __post_init__(self) -> None:
-        _check_text(self.prompt, "prompt", completion=False)
-        _check_text(self.completion, "completion", completion=True)
-        _check_same_format(self.prompt, [self.completion])
-
-    def to_trl(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
-
-
-@dataclass(frozen=True)
-class DPORow:
-    """One preference pair: ``chosen`` is preferred over ``rejected`` for ``prompt``."""
-
-    prompt: Text
-    chosen: Text
-    rejected: Text
-
-    def __post_init__(self) -> None:
-        _check_text(self.prompt, "prompt", completion=False)
-        _check_text(self.chosen, "chosen", completion=True)
-        _check_text(self.rejected, "rejected", completion=True)
-        _check_same_format(self.prompt, [self.chosen, self.rejected])
-
-    def to_trl(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
-
-    def to_kto(self) -> list[KTORow]:
-        """An edit as KTO rows: the edit is desirable, the original answer undesirable."""
-        return [
-            KTORow(self.prompt, self.chosen, True),
-            KTORow(self.prompt, self.rejected, False),
-        ]
 
 
 def row_kind(row: KTORow | DPORow) -> str:

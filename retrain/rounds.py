@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from adapters.base_models import resolve_base
 from adapters.golden import golden_for_gate
 from adapters.registry import add_version, get_adapter
+from feedback.examples import DPORow, KTORow
 from feedback.export import FEEDBACK_COMPLETION, FeedbackRow, select_rows, to_dpo, to_kto
 from gateway.core import metrics
 from gateway.core.config import Settings
@@ -31,10 +32,9 @@ from gateway.core.db.session import Database
 from gateway.core.ids import new_id
 from gateway.core.tenants import get_tenant
 from gateway.core.time import as_utc
+from retrain.gate import run_gate
 from retrain.plan import (
     PAIR_METHODS,
-    DPORow,
-    KTORow,
     Plan,
     make_plan,
     row_kind,
@@ -165,11 +165,9 @@ async def prepare(
         min_kto_rows=settings.retrain_min_rows,
         max_imbalance=settings.retrain_max_imbalance,
     )
-    data: list[KTORow] | list[DPORow]
-    if plan.method in PAIR_METHODS:
-        data = [DPORow(r["prompt"], r["chosen"], r["rejected"]) for r in to_dpo(rows)]
-    else:
-        data = [KTORow(r["prompt"], r["completion"], r["label"]) for r in to_kto(rows)]
+    data: list[KTORow] | list[DPORow] = (
+        to_dpo(rows) if plan.method in PAIR_METHODS else to_kto(rows)
+    )
     train, heldout = split_heldout(data, settings.retrain_heldout_fraction, seed, row_kind)
     return Prepared(
         tenant=t,
@@ -250,7 +248,7 @@ async def run_round(
             "heldout_rows": len(prepared.heldout),
         },
         dataset_hash=prepared.dataset_hash,
-        heldout=[r.to_trl() for r in prepared.heldout],
+        heldout=[r.to_json() for r in prepared.heldout],  # read back by example_from_json
         hyperparams={**plan.hyperparameters.__dict__, "seed": seed},
     )
     workdir = settings.data_dir / "rounds" / round_id
@@ -317,8 +315,6 @@ async def run_round(
     passed: bool | None = None
     text = "gate not run"
     if gate:
-        from retrain.gate import run_gate
-
         outcome = await run_gate(
             db,
             settings,

@@ -49,8 +49,9 @@ from trl import (  # type: ignore[attr-defined]
     SFTTrainer,
 )
 
+from feedback.examples import DPORow, KTORow
 from gateway.core.errors import InvalidRequest
-from retrain.plan import METHODS, DPORow, Hyperparameters, KTORow, Method
+from retrain.plan import METHODS, Hyperparameters, Method
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from adapters.remote import remote_swap
 from feedback.export import FEEDBACK_COMPLETION
 from gateway.core.config import Settings
 from gateway.core.db.models import Adapter, Completion, Feedback, Tenant, TrainingRound
@@ -239,8 +240,7 @@ async def recover(db: Database, settings: Settings, now: datetime | None = None)
 
 async def process(db: Database, settings: Settings, row: TrainingRound, worker: str) -> None:
     """Run one claimed round, heartbeating while it trains."""
-    from gateway.core.tenants import get_tenant  # noqa: F401  (keeps import order obvious)
-    from retrain.rounds import prepare, run_round
+    from retrain.rounds import prepare, run_round  # deferred: TRL and torch, on a claim only
 
     async with db.session() as session:
         tenant = await session.get(Tenant, row.tenant_id)
@@ -313,8 +313,6 @@ async def _auto_promote(
     db: Database, settings: Settings, round_id: str, tenant: str, adapter: str, outcome: Any
 ) -> None:
     """Promote a passed candidate through the gateway; a failure is kept on the round."""
-    from adapters.remote import remote_swap
-
     try:
         await remote_swap(
             settings,

@@ -87,7 +87,7 @@ async def test_select_dedup_and_formats(db: Database, tmp_path: Path) -> None:
     ids = {r.completion_id for r in selection}
     assert ids == {rows_by_key[k]["id"] for k in ("thumb_up", "thumb_down", "edited", "comment")}
 
-    kto = to_kto(selection)
+    kto = [r.to_json() for r in to_kto(selection)]
     by_signal = {(r["meta"]["completion_id"], r["meta"]["signal"]): r for r in kto}
     up = by_signal[(rows_by_key["thumb_up"]["id"], "rating")]
     assert up["label"] is True and up["prompt"] == PROMPT
@@ -100,7 +100,7 @@ async def test_select_dedup_and_formats(db: Database, tmp_path: Path) -> None:
     assert len(kto) == 4  # the comment-only item gives no label
     assert kto[0]["meta"]["adapter_version_id"] == "ver_1"
 
-    dpo = to_dpo(selection)
+    dpo = [r.to_json() for r in to_dpo(selection)]
     assert dpo == [
         {
             "prompt": PROMPT,
@@ -172,8 +172,8 @@ async def test_text_completions_export_plain_strings(db: Database, tmp_path: Pat
     async with db.session() as session:
         selection = await select_rows(session, tenant.id)
     (pair,) = to_dpo(selection)
-    assert pair["prompt"] == "Once upon"
-    assert pair["chosen"] == " a midnight dreary" and pair["rejected"] == " a time"
+    assert pair.prompt == "Once upon"
+    assert pair.chosen == " a midnight dreary" and pair.rejected == " a time"
 
 
 # --- one real training step on each format ---------------------------------------------------

@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
+from feedback.examples import DPORow, KTORow, example_from_json
 from gateway.core.errors import InvalidRequest
 from retrain.plan import (
     DEFAULT_MIN_KTO_ROWS,
     KTO_WEIGHT_RATIO_RANGE,
-    DPORow,
     Hyperparameters,
-    KTORow,
     Method,
     choose_method,
     default_hyperparameters,
@@ -148,6 +147,12 @@ def test_rows_accept_text_and_chat_and_refuse_mixtures() -> None:
     ]
     assert KTORow("hi", "a", True).to_trl() == {"prompt": "hi", "completion": "a", "label": True}
     assert DPORow("hi", "a", "b").to_kto() == [KTORow("hi", "a", True), KTORow("hi", "b", False)]
+    meta = {"completion_id": "cmpl_1", "signal": "edit"}
+    for row in (DPORow(user, [_assistant("a")], [_assistant("b")], meta), KTORow("hi", "a", False)):
+        assert example_from_json(json.loads(json.dumps(row.to_json()))) == row  # a round's heldout
+    assert example_from_json(DPORow("hi", "a", "b", meta).to_json()).meta == meta
+    with pytest.raises(InvalidRequest):
+        example_from_json({"prompt": "hi", "chosen": [_assistant("a")], "rejected": "b"})
     with pytest.raises(InvalidRequest, match="all plain text or all chat"):
         DPORow(user, "a", [_assistant("b")])
     with pytest.raises(InvalidRequest, match="one assistant message"):
