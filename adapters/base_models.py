@@ -29,6 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.demo import build_demo_base
 from adapters.validate import BaseSpec, base_spec
 from gateway.core.config import Settings
 from gateway.core.errors import FlywheelError
@@ -255,8 +256,6 @@ def resolve_base(settings: Settings, *, build: bool = True) -> BaseModel:
     if choice == TINY_BASE:
         path = settings.data_dir / "models" / "demo-base"
         if build:
-            from adapters.demo import build_demo_base
-
             build_demo_base(path)
         return BaseModel(path, settings.base_model_name or DEMO_BASE_NAME)
     local = Path(choice).expanduser()

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters.registry import get_adapter
 from gateway.core import audit
 from gateway.core.audit import Actor
 from gateway.core.db.models import Adapter, GoldenSet
@@ -124,7 +125,6 @@ async def freeze_golden_set(
 ) -> GoldenSet:
     """The "add a golden set" use case, for the admin API and the CLI alike: the tenant's
     adapter gets the next frozen version, and the audit table says who froze it."""
-    from adapters.registry import get_adapter
 
     tenant = await get_tenant(session, tenant_name)
     adapter = await get_adapter(session, tenant.id, adapter_name)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base_models import resolve_base
 from adapters.registry import add_version, get_adapter, get_version
-from adapters.signing import adapter_signer, check_signature
+from adapters.signing import adapter_signer, check_signature, signature_path_for
 from gateway.core import audit
 from gateway.core.config import Settings
 from gateway.core.db.models import AdapterVersion
@@ -43,7 +43,6 @@ async def add_adapter(
     With ``sign`` the stored copy is signed with the ops private key; with ``signature`` a
     bundle made elsewhere is stored beside it and must verify against the trusted public key.
     """
-    from adapters.signing import signature_path_for
 
     tenant = await get_tenant(session, tenant_name)
     base = resolve_base(settings)

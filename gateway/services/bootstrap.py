@@ -11,10 +11,14 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from adapters.base_models import BaseModel
+from adapters.demo import build_demo_adapter
+from adapters.registry import add_version
 from adapters.signing import adapter_signer
 from gateway.core.config import Settings
 from gateway.core.db.models import Tenant
 from gateway.core.db.session import Database
+from gateway.core.tenants import create_key, create_tenant
+from gateway.engine.base import is_demo_base
 
 log = logging.getLogger("flywheel.bootstrap")
 
@@ -30,9 +34,6 @@ async def demo_bootstrap(
 
     Returns (tenant, key) pairs; the keys are printed once by the caller and never stored.
     """
-    from adapters.registry import add_version
-    from gateway.core.tenants import create_key, create_tenant
-
     async with db.session() as session:
         if await session.scalar(select(func.count()).select_from(Tenant)):
             return []
@@ -65,15 +66,12 @@ async def demo_bootstrap(
 def _demo_adapter(settings: Settings, base: BaseModel, seed: int, style: str) -> Path:
     """A demo tenant's adapter: a random LoRA on the tiny base, a trained house style on a real
     one (random weights would turn real text into garbage). Built once under data_dir."""
-    from adapters.demo import build_demo_adapter
-    from gateway.engine.base import is_demo_base
-
     if is_demo_base(base.path):
         src = settings.data_dir / "models" / f"demo-adapter-{seed}"
         if not (src / "adapter_config.json").exists():
             build_demo_adapter(base.path, src, seed=seed)
         return src
-    from retrain.demo import train_style_adapter
+    from retrain.demo import train_style_adapter  # deferred: TRL and torch, real bases only
 
     src = settings.data_dir / "models" / f"demo-adapter-{style}"
     if not (src / "adapter_config.json").exists():

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from adapters.base_models import resolve_base
+from adapters.promotion import Promoter
+from gateway.core.audit import refused_load_recorder
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
 
@@ -24,10 +27,9 @@ async def offline_swap(
     reason: str,
     actor: str,
 ) -> dict[str, Any]:
-    from adapters.base_models import resolve_base
-    from adapters.promotion import Promoter
+    # Deferred: the engine imports torch and transformers, signing imports model-signing;
+    # the CLI imports this module for every command.
     from adapters.signing import adapter_verifier
-    from gateway.core.audit import refused_load_recorder
     from gateway.engine.embedded import EmbeddedEngine
 
     base = resolve_base(settings)

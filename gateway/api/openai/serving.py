@@ -23,6 +23,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from adapters.registry import Resolved, engine_name, resolve
+from feedback.tokens import issue
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.responses import (
@@ -311,7 +312,6 @@ class OpenAIServing:
         return await self.state.route_cache.get((tenant_id, model), load)
 
     def _headers(self, call: _Call) -> dict[str, str]:
-        from feedback.tokens import issue
 
         settings = self.state.settings
         token = issue(
