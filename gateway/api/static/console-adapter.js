@@ -29,12 +29,12 @@ function lineage(ctx, detail) {
     const steps = [el("span", {}, v.parent_version ? `from @${v.parent_version}` : "added by hand")];
     if (v.round_id) {
       steps.push(
-        el("a", { href: adapterRoute(detail.tenant, detail.adapter, "round", v.round_id), "aria-label": `round that produced @${v.version}: ${v.round_id}` }, `round ${v.round_id}`),
+        el("a", { href: adapterRoute(detail.tenant, detail.adapter, "round", v.round_id), "aria-label": `round ${v.round_id}, which produced @${v.version}` }, `round ${v.round_id}`),
       );
     }
     if (v.gate_report_id) {
       steps.push(
-        el("a", { href: adapterRoute(detail.tenant, detail.adapter, "gate", v.gate_report_id), "aria-label": `gate report on @${v.version}: ${v.verdict}` }, `gate ${v.verdict}`),
+        el("a", { href: adapterRoute(detail.tenant, detail.adapter, "gate", v.gate_report_id), "aria-label": `gate ${v.verdict}: the report on @${v.version}` }, `gate ${v.verdict}`),
       );
     } else if (v.state === "candidate") {
       steps.push(el("span", {}, "not gated yet"));
@@ -76,7 +76,7 @@ function lineage(ctx, detail) {
   const top = el("p", { className: "buttons-row" });
   if (detail.rollback_to) {
     top.append(
-      ctx.button(`Roll back to @${detail.rollback_to}`, `Roll back ${name} to @${detail.rollback_to}`, () =>
+      ctx.button(`Roll back to @${detail.rollback_to}`, `Roll back to @${detail.rollback_to}: ${name}`, () =>
         ctx.swap(detail, detail.rollback_to, true),
       ),
     );

@@ -81,7 +81,7 @@ async function adaptersView() {
     const about = { tenant: v.tenant, adapter: v.adapter, serving: serving.get(name) };
     if (v.active && target !== null) {
       const label = target === "previous" ? "Roll back" : `Roll back to @${target}`;
-      const aria = target === "previous" ? `Roll back ${name} to its previous version` : `Roll back ${name} to @${target}`;
+      const aria = target === "previous" ? `Roll back ${name} to its previous version` : `Roll back to @${target}: ${name}`; // the visible text first (WCAG 2.5.3)
       actions.append(button(label, aria, () => swap({ ...about, to: target, back: true })));
     } else if (!v.active && SERVABLE.includes(v.state)) {
       actions.append(button("Promote", `Promote ${name}@${v.version}`, () => swap({ ...about, to: v.version })));

@@ -391,7 +391,7 @@ async def test_promote_and_roll_back_ask_for_a_reason_and_name_their_target(
     serving = page.locator("tbody tr.active", has_text="initech")
     await expect(serving.locator("[data-col=version]")).to_have_text("2")
 
-    rollback = page.get_by_role("button", name="Roll back initech/support to @1")
+    rollback = page.get_by_role("button", name="Roll back to @1: initech/support")
     await expect(rollback).to_have_count(1)
     await rollback.click()
     await expect(dialog).to_contain_text("initech/support@2")

@@ -227,6 +227,24 @@ SMALL_TARGETS = """() => [...document.querySelectorAll('button, input, select, t
                  e.getBoundingClientRect()])
     .filter(([, r]) => r.width < 44 || r.height < 44)
     .map(([name, r]) => `${name}: ${Math.round(r.width)}x${Math.round(r.height)}`)"""
+# axe-core 4.14.1 (MPL-2.0, Deque Systems), vendored unchanged from npm for the tests only: it
+# is evaluated through the DevTools protocol, so the page's CSP needs no exception for it.
+AXE = Path(__file__).parent / "js" / "axe.min.js"
+AXE_RUN = """() => axe.run(document, {
+        runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']},
+    }).then((r) => r.violations
+        .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+        .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`))"""
+
+
+async def _axe(page: Any) -> list[str]:
+    """Serious and critical accessibility violations axe-core finds on the page as it is."""
+    if not await page.evaluate("() => typeof axe !== 'undefined'"):
+        await page.evaluate(AXE.read_text())
+    found: list[str] = await page.evaluate(AXE_RUN)
+    return found
+
+
 LAYOUTS: dict[str, dict[str, Any]] = {}  # measured widths, printed with -s (docs/console.md)
 
 
@@ -322,11 +340,11 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     v2, v3 = page.locator("#version-2"), page.locator("#version-3")
     await expect(v2.locator(".flow")).to_contain_text("from @1")
     await expect(
-        v2.get_by_role("link", name=f"round that produced @2: {ids['round']}")
+        v2.get_by_role("link", name=f"round {ids['round']}, which produced @2")
     ).to_be_visible()
     await expect(v3.locator(".flow")).to_contain_text("gate rejected")
     await expect(v3.get_by_role("button", name=re.compile("^Promote"))).to_have_count(0)
-    await v2.get_by_role("link", name="gate report on @2: passed").click()
+    await v2.get_by_role("link", name="gate passed: the report on @2").click()
     report = page.locator(f"#gate-{ids['gate']}")
     await expect(report).to_be_focused()
     await expect(report.locator("h4")).to_have_text("support@2 against support@1: passed")
@@ -389,6 +407,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(judged.nth(1).locator("[data-col=bound]")).to_have_text("60")
     await expect(judged.nth(1).locator("[data-col=outcome]")).to_have_text("fail")
     assert await page.evaluate(UNLABELLED) == []
+    assert await _axe(page) == []
     if size == "phone":
         assert await page.evaluate(SMALL_TARGETS) == []
     LAYOUTS[f"{size} adapter page"] = await _overflow(page)
@@ -407,7 +426,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(page.locator("#version-2")).to_contain_text("serving now")
     assert await _served(gateway, key) == "support@2"
 
-    rollback = page.get_by_role("button", name=f"Roll back {name} to @1")
+    rollback = page.get_by_role("button", name=f"Roll back to @1: {name}")
     await rollback.click()
     await expect(dialog).to_contain_text(f"{name}@2 serves now; roll back to @1")
     await dialog.get_by_label("Reason").fill("too terse in review")
@@ -416,7 +435,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(page.locator("#version-1")).to_contain_text("serving now")
     assert await _served(gateway, key) == "support@1"
     # The gateway would now go forward again to @2, and the page offers exactly that.
-    await expect(page.get_by_role("button", name=f"Roll back {name} to @2")).to_have_count(1)
+    await expect(page.get_by_role("button", name=f"Roll back to @2: {name}")).to_have_count(1)
     async with gateway.admin() as admin:
         events = (await admin.get("/admin/audit", params={"limit": 50})).json()
     reasons = [e["detail"].get("reason") for e in events if e["target"].startswith("support@")]
@@ -460,6 +479,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     assert (await _chat(gateway, second, "hello")).status_code == 401
     assert await _served(gateway, key) == "support@1"
     assert await page.evaluate(UNLABELLED) == []
+    assert await _axe(page) == []
     if size == "phone":
         assert await page.evaluate(SMALL_TARGETS) == []
     LAYOUTS[f"{size} tenant page"] = await _overflow(page)
@@ -473,6 +493,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
             "aria-current", "page"
         )
         await expect(view.get_by_role("region", name=caption)).to_be_visible()  # drawn
+        assert await _axe(page) == [], nav
         LAYOUTS[f"{size} {nav}"] = await _overflow(page)
         _fits(LAYOUTS[f"{size} {nav}"])
     assert blocked == []
