@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.registry import SERVABLE_STATES, engine_name, get_adapter, get_version, set_route
 from gateway.core import audit, metrics
@@ -53,6 +54,21 @@ class SwapResult:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+async def rollback_target(session: AsyncSession, adapter: Adapter) -> AdapterVersion | None:
+    """Where a rollback of ``adapter`` goes now: the newest route change away from a version
+    other than the serving one, if that version is still servable."""
+    events = await session.scalars(
+        select(RouteEvent).where(RouteEvent.adapter_id == adapter.id).order_by(RouteEvent.id.desc())
+    )
+    for event in events:
+        candidate = event.from_version_id
+        if candidate and candidate != adapter.active_version_id:
+            version = await session.get(AdapterVersion, candidate)
+            if version is not None and version.state in SERVABLE_STATES:
+                return version
+    return None
 
 
 class Promoter:
@@ -103,20 +119,9 @@ class Promoter:
 
     async def _previous(self, adapter: Adapter) -> AdapterVersion:
         async with self.db.session() as session:
-            events = list(
-                await session.scalars(
-                    select(RouteEvent)
-                    .where(RouteEvent.adapter_id == adapter.id)
-                    .order_by(RouteEvent.id.desc())
-                )
-            )
-            current = adapter.active_version_id
-            for event in events:
-                candidate = event.from_version_id
-                if candidate and candidate != current:
-                    version = await session.get(AdapterVersion, candidate)
-                    if version is not None and version.state in SERVABLE_STATES:
-                        return version
+            version = await rollback_target(session, adapter)
+        if version is not None:
+            return version
         raise Conflict(f"adapter {adapter.name!r} has no earlier servable version to roll back to")
 
     async def _swap(

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import typer
 
+from adapters.registry import list_versions
+from adapters.remote import remote_swap
 from gateway.cli.common import clean_errors, out, run_db
+from gateway.core.audit import cli_actor
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
+from gateway.core.tenants import get_tenant
+from gateway.services.swap import offline_swap
 
 app = typer.Typer(no_args_is_help=True, help="Adapters and their versions.")
 
@@ -25,6 +30,7 @@ def add(
     signature: Path = typer.Option(None, help="A signature bundle made elsewhere for PATH."),
 ) -> None:
     """Register PATH as the next version of TENANT's ADAPTER."""
+    # deferred: model-signing, for this command only
     from gateway.services.adapters import add_adapter
 
     async def go(db: Database, s: Settings) -> str:
@@ -47,8 +53,6 @@ def add(
 @clean_errors
 def list_(tenant: str = typer.Option(None, help="Only this tenant.")) -> None:
     """Show adapter versions; `*` marks the active one."""
-    from adapters.registry import list_versions
-    from gateway.core.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> None:
         async with db.session() as session:
@@ -74,19 +78,19 @@ def verify(
     version: int = typer.Option(...),
 ) -> None:
     """Check a stored version's signature against the trusted public key."""
-    from gateway.services.adapters import verify_version
+    # deferred: model-signing, for this command only
+    from gateway.services.adapters import verify_recorded
 
     async def go(db: Database, s: Settings) -> str:
-        async with db.session() as session:
-            row = await verify_version(session, s, tenant_name=tenant, name=name, version=version)
-            return f"{name}@{row.version}: signature OK ({row.digest[:16]})"
+        row = await verify_recorded(
+            db, s, tenant_name=tenant, name=name, version=version, by=cli_actor()
+        )
+        return f"{name}@{row.version}: signature OK ({row.digest[:16]})"
 
     out(run_db(go))
 
 
 def _swap(tenant: str, name: str, version: int | None, reason: str, offline: bool) -> None:
-    from adapters.remote import remote_swap
-    from gateway.services.swap import offline_swap
 
     async def go(db: Database, s: Settings) -> dict[str, object]:
         if offline:
@@ -134,6 +138,7 @@ def sign(
     version: int = typer.Option(...),
 ) -> None:
     """Sign a stored version with the ops private key (for keys kept off the cluster)."""
+    # deferred: model-signing, for this command only
     from gateway.services.adapters import sign_version
 
     async def go(db: Database, s: Settings) -> str:

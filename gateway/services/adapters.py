@@ -13,9 +13,11 @@ from adapters.base_models import resolve_base
 from adapters.registry import add_version, get_adapter, get_version
 from adapters.signing import adapter_signer, check_signature, signature_path_for
 from gateway.core import audit
+from gateway.core.audit import Actor
 from gateway.core.config import Settings
 from gateway.core.db.models import AdapterVersion
-from gateway.core.errors import InvalidRequest
+from gateway.core.db.session import Database
+from gateway.core.errors import FlywheelError, InvalidRequest
 from gateway.core.tenants import get_tenant
 from gateway.engine.capabilities import capabilities_for
 
@@ -97,6 +99,35 @@ async def verify_version(
     adapter = await get_adapter(session, tenant.id, name)
     row = await get_version(session, adapter, version)
     check_signature(settings, Path(row.path), row.id)
+    return row
+
+
+async def verify_recorded(
+    db: Database, settings: Settings, *, tenant_name: str, name: str, version: int, by: Actor
+) -> AdapterVersion:
+    """``verify_version`` as an admin action: the outcome, pass or fail, is audited.
+
+    The audit row has a transaction of its own, so a failed check (which raises) is recorded too.
+    """
+    target = f"{tenant_name}/{name}@{version}"
+    try:
+        async with db.session() as session:
+            row = await verify_version(
+                session, settings, tenant_name=tenant_name, name=name, version=version
+            )
+    except FlywheelError as exc:
+        async with db.transaction() as session:
+            audit.record_by(
+                session,
+                by,
+                "adapter.verify",
+                target,
+                None,
+                {"verified": False, "error": exc.message},
+            )
+        raise
+    async with db.transaction() as session:
+        audit.record_by(session, by, "adapter.verify", target, row.tenant_id, {"verified": True})
     return row
 
 

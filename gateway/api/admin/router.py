@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import golden as golden_svc
 from adapters.promotion import SwapResult
+from feedback.retention import forget_end_user
 from gateway.api.admin import serving
-from gateway.api.admin.deps import AdminContext, AdminDep, get_admin
+from gateway.api.admin.deps import AdminDep, get_admin
 from gateway.api.admin.protocol import (
     AdapterAdd,
     AdapterAdded,
@@ -30,6 +31,7 @@ from gateway.api.admin.protocol import (
     KeyOut,
     NewKey,
     NextRound,
+    PlaygroundKey,
     Promote,
     Rollback,
     RotatedKeys,
@@ -42,11 +44,8 @@ from gateway.api.admin.protocol import (
 )
 from gateway.api.body import CheckedJSONRoute
 from gateway.api.deps import StateDep
-from gateway.core import audit
 from gateway.core import tenants as tenant_svc
-from gateway.core.errors import FlywheelError
 from gateway.services import adapters as adapter_svc
-from gateway.state import AppState
 from retrain.plan import check_recipe
 
 
@@ -75,18 +74,6 @@ def _check_recipe(changes: dict[str, Any]) -> None:
     """A stored recipe must be one a round can use: refused here, naming the field."""
     if changes.get("retrain_recipe"):
         check_recipe(changes["retrain_recipe"])
-
-
-async def _audited(
-    state: AppState,
-    admin: AdminContext,
-    action: str,
-    target: str,
-    tenant_id: str | None = None,
-    **detail: Any,
-) -> None:
-    async with state.db.transaction() as session:
-        audit.record_by(session, admin, action, target, tenant_id, detail)
 
 
 @router.get("/tenants")
@@ -149,6 +136,18 @@ async def revoke_key(key_id: str, admin: AdminDep, state: StateDep) -> KeyOut:
     return KeyOut.model_validate(key)
 
 
+@router.post("/tenants/{name}/playground-key", status_code=201)
+async def playground_key(name: str, admin: AdminDep, state: StateDep) -> PlaygroundKey:
+    """A tenant key for one reply in the console's playground (the OpenAI API as the tenant):
+    shown once, revoked by the console when the reply has streamed, or by a later issue once
+    expired.  The tenant's existing keys are neither shown nor changed."""
+    async with state.db.transaction() as session:
+        issued = await serving.playground_key(session, name, admin)
+    if issued.revoked_expired:
+        state.auth_cache.invalidate()
+    return issued
+
+
 @router.get("/adapters")
 async def adapters(session: SessionDep, tenant: str | None = None) -> list[AdapterVersionOut]:
     return await serving.adapter_versions(session, tenant)
@@ -200,16 +199,9 @@ async def add_adapter(body: AdapterAdd, admin: AdminDep, state: StateDep) -> Ada
 async def verify(
     tenant: str, name: str, version: int, admin: AdminDep, state: StateDep
 ) -> Verified:
-    target = f"{tenant}/{name}@{version}"
-    try:
-        async with state.db.session() as session:
-            row = await adapter_svc.verify_version(
-                session, state.settings, tenant_name=tenant, name=name, version=version
-            )
-    except FlywheelError as exc:
-        await _audited(state, admin, "adapter.verify", target, verified=False, error=exc.message)
-        raise
-    await _audited(state, admin, "adapter.verify", target, row.tenant_id, verified=True)
+    row = await adapter_svc.verify_recorded(
+        state.db, state.settings, tenant_name=tenant, name=name, version=version, by=admin
+    )
     return Verified(adapter=name, version=row.version, verified=True)
 
 
@@ -284,7 +276,6 @@ async def audit_log(
 @router.post("/feedback/forget")
 async def forget(body: Forget, admin: AdminDep, state: StateDep) -> Forgotten:
     """Erase an end user's completions and feedback, including rows still queued in memory."""
-    from feedback.retention import forget_end_user
 
     async with state.db.session() as session:
         tenant = await tenant_svc.get_tenant(session, body.tenant)

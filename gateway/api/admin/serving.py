@@ -2,19 +2,23 @@
 
 Writes go through the use-case functions the CLI calls too (gateway/core/tenants.py,
 gateway/services/adapters.py, adapters.golden.freeze_golden_set, adapters.promotion,
-feedback.retention.forget_end_user), each writing its own audit row.
+feedback.retention.forget_end_user), each writing its own audit row.  The one write here is
+the console playground's short-lived tenant key (``playground_key``), which only the admin API
+issues.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters.registry import SERVABLE_STATES, get_adapter, list_versions
+from adapters.promotion import rollback_target
+from adapters.registry import get_adapter, list_versions
 from feedback.export import FEEDBACK_COMPLETION
 from gateway.api.admin.protocol import (
     AdapterDetail,
@@ -28,13 +32,16 @@ from gateway.api.admin.protocol import (
     GoldenSetOut,
     LineageVersion,
     NextRound,
+    PlaygroundKey,
     RoundOut,
     VersionFeedback,
 )
+from gateway.core.audit import Actor, record_by
 from gateway.core.config import Settings
 from gateway.core.db.models import (
     Adapter,
     AdapterVersion,
+    ApiKey,
     AuditEvent,
     Completion,
     Feedback,
@@ -44,7 +51,8 @@ from gateway.core.db.models import (
     TrainingRound,
 )
 from gateway.core.db.session import Database
-from gateway.core.errors import RequestError
+from gateway.core.errors import Conflict, RequestError
+from gateway.core.ids import hash_secret, new_id, new_secret
 from gateway.core.tenants import get_tenant
 from retrain.gate_rules import DEFAULT_THRESHOLDS, Improvement, SideMetrics, decide
 
@@ -223,21 +231,6 @@ def _prompt_text(kind: str, request: dict[str, Any] | None) -> str | None:
 
 def _per_100(count: int, completions: int) -> float | None:
     return round(100 * count / completions, 1) if completions else None
-
-
-async def _rollback_to(session: AsyncSession, adapter: Adapter) -> AdapterVersion | None:
-    """Where a rollback would go now, read as adapters/promotion.py's Promoter._previous reads
-    it: the newest route change away from a version other than the serving one, if servable."""
-    events = await session.scalars(
-        select(RouteEvent).where(RouteEvent.adapter_id == adapter.id).order_by(RouteEvent.id.desc())
-    )
-    for event in events:
-        candidate = event.from_version_id
-        if candidate and candidate != adapter.active_version_id:
-            version = await session.get(AdapterVersion, candidate)
-            if version is not None and version.state in SERVABLE_STATES:
-                return version
-    return None
 
 
 async def _version_feedback(session: AsyncSession, adapter_id: str) -> dict[str, VersionFeedback]:
@@ -419,7 +412,7 @@ async def adapter_detail(
     )
     golden_numbers = {g.id: g.version for g in goldens}
     feedback = await _version_feedback(session, a.id)
-    rollback = await _rollback_to(session, a)
+    rollback = await rollback_target(session, a)
     return AdapterDetail(
         tenant=t.name,
         adapter=a.name,
@@ -507,4 +500,49 @@ async def next_round(db: Database, settings: Settings, tenant: str, name: str) -
         heldout_rows=len(p.heldout),
         golden_set_version=p.golden_version,
         lines=p.describe().splitlines(),
+    )
+
+
+# --- the console's playground -----------------------------------------------------------------
+# The playground chats through the public OpenAI API as the tenant, so it needs a tenant key; the
+# console holds only an admin token, and a tenant's own keys are never shown again after they
+# are made.  So each reply gets a key of its own, made here (audited), which the console revokes
+# (DELETE /admin/keys/{id}) as soon as the reply has streamed.  A key the console could not
+# revoke (a closed tab, a lost connection) is revoked by the next issue once it is older than
+# PLAYGROUND_KEY_TTL_S.  The prefix marks them in a tenant's key list and for that sweep.
+PLAYGROUND_KEY_PREFIX = "fw-play-"
+PLAYGROUND_KEY_TTL_S = 600
+
+
+async def playground_key(session: AsyncSession, tenant: str, by: Actor) -> PlaygroundKey:
+    """A new tenant key for one playground reply; expired playground keys revoked first."""
+    t = await get_tenant(session, tenant)
+    if t.disabled:
+        raise Conflict(f"Tenant {t.name!r} is disabled: the playground cannot answer as it.")
+    now = datetime.now(UTC)
+    expired = list(
+        await session.scalars(
+            select(ApiKey).where(
+                ApiKey.prefix.startswith(PLAYGROUND_KEY_PREFIX, autoescape=True),
+                ApiKey.revoked_at.is_(None),
+                ApiKey.created_at < now - timedelta(seconds=PLAYGROUND_KEY_TTL_S),
+            )
+        )
+    )
+    for old in expired:
+        old.revoked_at = now
+        record_by(session, by, "key.revoke", old.id, old.tenant_id, {"why": "playground expiry"})
+    secret = new_secret(PLAYGROUND_KEY_PREFIX)
+    key = ApiKey(id=new_id("key"), tenant_id=t.id, key_hash=hash_secret(secret), prefix=secret[:10])
+    session.add(key)
+    await session.flush()
+    expires_at = now + timedelta(seconds=PLAYGROUND_KEY_TTL_S)
+    record_by(session, by, "playground.key", key.id, t.id, {"expires_at": expires_at.isoformat()})
+    return PlaygroundKey(
+        tenant=t.name,
+        key_id=key.id,
+        prefix=key.prefix,
+        api_key=secret,
+        expires_at=expires_at,
+        revoked_expired=[old.id for old in expired],
     )

@@ -94,3 +94,44 @@ def test_verify_names_the_adapter_like_promote_and_gate(demo_adapters: list[Path
         "adapters", "verify", "--tenant", tenant, "--adapter", "support", "--version", "9"
     )
     assert code == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+
+
+def test_verify_from_the_cli_is_audited_like_the_admin_api(
+    cli_database: str, demo_adapters: list[Path]
+) -> None:
+    """One use case (gateway.services.adapters.verify_recorded) behind both surfaces: the CLI's
+    verify writes the same audit rows as POST /admin/.../verify, a failure included."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from gateway.core.db.models import AuditEvent
+    from gateway.core.db.session import Database
+
+    tenant = f"audit-{uuid.uuid4().hex[:8]}"
+    assert flywheel("tenants", "create", tenant)[0] == 0
+    add = ("adapters", "add", "--tenant", tenant, "--adapter", "bot")
+    assert flywheel(*add, str(demo_adapters[0]))[0] == 0  # unsigned: verify must fail
+    assert flywheel(*add, "--sign", str(demo_adapters[1]))[0] == 0
+    verify = ("adapters", "verify", "--tenant", tenant, "--adapter", "bot", "--version")
+    assert flywheel(*verify, "1")[0] == 1
+    assert flywheel(*verify, "2")[0] == 0
+
+    async def rows() -> list[tuple[str, str, dict[str, object]]]:
+        db = Database(cli_database)
+        try:
+            async with db.session() as session:
+                events = await session.scalars(
+                    select(AuditEvent)
+                    .where(AuditEvent.action == "adapter.verify")
+                    .where(AuditEvent.target.like(f"{tenant}/%"))
+                    .order_by(AuditEvent.id)
+                )
+                return [(e.target, e.actor, e.detail or {}) for e in events]
+        finally:
+            await db.close()
+
+    (failed, passed) = asyncio.run(rows())
+    assert failed[0] == f"{tenant}/bot@1" and failed[2]["verified"] is False
+    assert passed[0] == f"{tenant}/bot@2" and passed[2] == {"verified": True}
+    assert failed[1].startswith("cli:") and passed[1].startswith("cli:")
