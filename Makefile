@@ -54,6 +54,7 @@ check: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway adapters feedback retrain
 	$(VENV)/bin/lint-imports
+	$(PY) tools/function_imports.py
 
 # LiteLLM's proxy, the gateway-overhead benchmark's comparison, in a venv of its own so it never
 # changes the project's packages.

@@ -10,20 +10,31 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from adapters.base_models import resolve_base
+from adapters.promotion import Promoter
 from adapters.signing import adapter_verifier
+from feedback.log import CompletionLog
+from feedback.pending import SharedPending
 from gateway.api import errors as api_errors
 from gateway.api import health
 from gateway.api import openapi as api_openapi
+from gateway.api.admin.router import router as admin_router
+from gateway.api.console import router as console_router
+from gateway.api.feedback.router import router as feedback_router
 from gateway.api.middleware import RequestIdMiddleware
 from gateway.api.openai.router import completions_router
 from gateway.api.openai.router import router as openai_router
 from gateway.core import metrics
+from gateway.core.admin_tokens import admin_token_location, ensure_dev_admin_token
+from gateway.core.audit import refused_load_recorder
 from gateway.core.cache import StaleIfErrorCache
 from gateway.core.config import Settings, get_settings
 from gateway.core.db.migrate import upgrade
 from gateway.core.db.session import Database
+from gateway.core.logs import configure_logging
 from gateway.core.ratelimit import InMemoryRateLimiter, RateLimiter
+from gateway.core.ratelimit_redis import RedisRateLimiter
 from gateway.engine.base import Engine
+from gateway.engine.vllm import VLLMEngine
 from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
 from gateway.state import AppState
 
@@ -31,15 +42,13 @@ log = logging.getLogger("flywheel")
 
 
 async def build_engine(settings: Settings, db: Database) -> Engine:
-    from gateway.core.audit import refused_load_recorder
 
     verifier = adapter_verifier(
         settings, on_refused=refused_load_recorder(db, asyncio.get_running_loop())
     )
     if settings.engine == "vllm":
-        from gateway.engine.vllm import VLLMEngine
-
         return VLLMEngine(settings, verifier=verifier)
+    # deferred: torch and transformers, for the embedded engine only
     from gateway.engine.embedded import EmbeddedEngine
 
     base = await asyncio.to_thread(resolve_base, settings)
@@ -48,8 +57,6 @@ async def build_engine(settings: Settings, db: Database) -> Engine:
 
 def build_limiter(settings: Settings) -> RateLimiter:
     if settings.redis_url:
-        from gateway.core.ratelimit_redis import RedisRateLimiter
-
         return RedisRateLimiter(
             settings.redis_url,
             fail_open=settings.rate_limit_fail_open,
@@ -61,10 +68,6 @@ def build_limiter(settings: Settings) -> RateLimiter:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    from adapters.promotion import Promoter
-    from feedback.log import CompletionLog
-    from feedback.pending import SharedPending
-    from gateway.core.admin_tokens import admin_token_location, ensure_dev_admin_token
 
     settings: Settings = app.state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +129,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from gateway.api.admin.router import router as admin_router
-    from gateway.api.feedback.router import router as feedback_router
 
     app = FastAPI(
         title="Flywheel",
@@ -145,8 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(admin_router)
     if app.state.settings.console:
-        from gateway.api.console import router as console_router
-
         app.include_router(console_router)
     return app
 
@@ -154,7 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def worker_app() -> FastAPI:
     """The app of one ``flywheel serve --workers N`` process (uvicorn's factory): each worker
     is a fresh interpreter, so it configures its own logging from the same settings."""
-    from gateway.core.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings)

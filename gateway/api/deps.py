@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from gateway.core.db.models import ApiKey, Tenant
 from gateway.core.errors import AuthenticationError
 from gateway.core.ids import hash_secret
+from gateway.core.tenants import authenticate
 from gateway.state import AppState
 
 
@@ -67,7 +68,6 @@ def bearer_token(request: Request, wants: Credential = API_KEY) -> str:
 
 
 async def get_tenant(request: Request, state: StateDep) -> AuthContext:
-    from gateway.core.tenants import authenticate
 
     token = bearer_token(request)
 

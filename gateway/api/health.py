@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import METRICS_TOKEN, StateDep, bearer_token
+from gateway.core import metrics as m
 from gateway.core.admin_tokens import check_admin_token
 
 router = APIRouter(tags=["health"])
@@ -57,7 +58,6 @@ async def metrics_reader(request: Request, state: StateDep) -> None:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(state: StateDep, _reader: Annotated[None, Depends(metrics_reader)]) -> Response:
     """Prometheus exposition text."""
-    from gateway.core import metrics as m
 
     def live() -> m.LiveState:
         log = state.completions

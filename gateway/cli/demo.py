@@ -19,10 +19,14 @@ from typing import Any
 import httpx
 import typer
 
+from adapters.base_models import resolve_base
+from adapters.demo import build_demo_adapter
 from gateway.cli.common import clean_errors, out, run_db
+from gateway.core.admin_tokens import local_admin_token
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
 from gateway.core.errors import FlywheelError
+from gateway.engine.base import is_demo_base
 
 app = typer.Typer(no_args_is_help=True, help="Demonstrations.")
 
@@ -65,19 +69,16 @@ def _show(prompts: list[str], answers: list[str], shown: int = 3) -> None:
 
 
 def _rate(answers: list[str]) -> str:
-    from retrain.demo import follows_loop_rule
+    from retrain.demo import follows_loop_rule  # deferred: TRL and torch
 
     hits = sum(follows_loop_rule(a) for a in answers)
     return f"{hits}/{len(answers)} ({hits / len(answers):.0%})"
 
 
 async def _loop(db: Database, s: Settings, url: str, n_edits: int) -> None:
-    from adapters.base_models import resolve_base
-    from adapters.demo import build_demo_adapter
-    from gateway.core.admin_tokens import local_admin_token
-    from gateway.engine.base import is_demo_base
+    # deferred: TRL and torch
     from retrain.demo import LOOP_HELDOUT_PROMPTS, LOOP_OPENING, loop_edit, loop_train_prompts
-    from retrain.rounds import prepare, run_round
+    from retrain.rounds import prepare, run_round  # deferred: TRL and torch
 
     token = local_admin_token(s)
     if token is None:

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import typer
 
+from adapters.base_models import resolve_base
+from gateway.cli.common import settings
+from gateway.core.config import get_settings
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -104,7 +108,6 @@ def vllm(
 
     The interpreter is FLYWHEEL_VLLM_PYTHON, or the venv `make vllm` builds (vLLM's CPU build).
     """
-    from gateway.core.config import get_settings
 
     s = get_settings()
     python = vllm_python(s.vllm_python)
@@ -160,10 +163,8 @@ def local(
     """Serve the embedded engine with vLLM's HTTP API (no GPU needed)."""
     import uvicorn
 
-    from adapters.base_models import resolve_base
-    from gateway.api.engine_server import create_local_app
-    from gateway.cli.common import settings
-    from gateway.engine.embedded import EmbeddedEngine
+    from gateway.api.engine_server import create_local_app  # deferred: torch and transformers
+    from gateway.engine.embedded import EmbeddedEngine  # deferred: torch and transformers
 
     s = settings()
     if base is not None:

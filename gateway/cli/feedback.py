@@ -7,9 +7,13 @@ from datetime import datetime
 
 import typer
 
+from feedback.export import export as run_export
+from feedback.retention import enforce, forget_end_user
 from gateway.cli.common import clean_errors, out, run_db
+from gateway.core.audit import cli_actor
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
+from gateway.core.tenants import get_tenant
 
 app = typer.Typer(no_args_is_help=True, help="Feedback export and data erasure.")
 
@@ -23,7 +27,6 @@ def export(
     format: str = typer.Option("kto", "--format", help="kto or dpo (TRL dataset formats)."),
 ) -> None:
     """Write TRL-ready JSONL on stdout: KTO {prompt, completion, label} or DPO {prompt, chosen, rejected}."""
-    from feedback.export import export as run_export
 
     if format not in ("kto", "dpo"):
         raise typer.BadParameter("--format must be kto or dpo")
@@ -39,9 +42,6 @@ def export(
 @clean_errors
 def forget(tenant: str = typer.Option(...), end_user: str = typer.Option(...)) -> None:
     """Erase an end user's completions and feedback."""
-    from feedback.retention import forget_end_user
-    from gateway.core.audit import cli_actor
-    from gateway.core.tenants import get_tenant
 
     async def go(db: Database, _: Settings) -> object:
         async with db.session() as session:
@@ -55,7 +55,6 @@ def forget(tenant: str = typer.Option(...), end_user: str = typer.Option(...)) -
 @clean_errors
 def retention() -> None:
     """Delete completions and feedback past each tenant's retention, in batches."""
-    from feedback.retention import enforce
 
     async def go(db: Database, _: Settings) -> object:
         return await enforce(db)

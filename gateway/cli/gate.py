@@ -20,7 +20,7 @@ def run(
     round_id: str = typer.Option(None, help="Gate on this round's held-out feedback too."),
 ) -> None:
     """Compare VERSION with the serving version; mark it passed (and sign it) or rejected."""
-    from retrain.gate import run_gate
+    from retrain.gate import run_gate  # deferred: model-signing (and torch when scoring)
 
     async def go(db: Database, s: Settings) -> tuple[str, bool]:
         outcome = await run_gate(

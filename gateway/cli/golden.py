@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from adapters.golden import freeze_golden_set, parse_items
 from gateway.cli.common import clean_errors, out, run_db
+from gateway.core.audit import cli_actor
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
 
@@ -21,8 +23,6 @@ def add(
     adapter: str = typer.Option(...),
 ) -> None:
     """Freeze FILE as the next golden set version of TENANT's ADAPTER."""
-    from adapters.golden import freeze_golden_set, parse_items
-    from gateway.core.audit import cli_actor
 
     items = parse_items(file.read_text())
 

@@ -78,7 +78,7 @@ def signing_init(
     directory: Path = typer.Option(None, help="Where to write signing.key and signing.pub."),
 ) -> None:
     """Create the adapter signing keypair (P-256).  Keep signing.key off the gateway hosts."""
-    from adapters.signing import generate_keypair
+    from adapters.signing import generate_keypair  # deferred: model-signing, for this command only
 
     target = directory or settings().data_dir / "signing"
     private, public = generate_keypair(target)

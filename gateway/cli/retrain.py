@@ -8,9 +8,13 @@ from typing import Any
 
 import typer
 
-from gateway.cli.common import clean_errors, out, run_db
+from gateway.cli.common import clean_errors, out, run_db, settings
+from gateway.cli.retrain_idle import idle_reasons
 from gateway.core.config import Settings
 from gateway.core.db.session import Database
+from gateway.core.logs import configure_logging
+from retrain.plan import METHODS, load_recipe
+from retrain.worker import heartbeating, run_worker, start_round, worker_name
 
 app = typer.Typer(no_args_is_help=True, help="Feedback -> KTO/DPO rounds -> candidate versions.")
 
@@ -46,9 +50,7 @@ def run(
     gate: bool = typer.Option(True, help="Run the eval gate on the candidate."),
 ) -> None:
     """Train one round on the feedback since the last round; the result is a candidate."""
-    from retrain.plan import METHODS, load_recipe
-    from retrain.rounds import prepare, run_round
-    from retrain.worker import heartbeating, start_round, worker_name
+    from retrain.rounds import prepare, run_round  # deferred: TRL and torch
 
     if method != "auto" and method not in METHODS:
         raise typer.BadParameter(f"--method must be auto or one of {', '.join(METHODS)}")
@@ -101,11 +103,6 @@ def worker(
 ) -> None:
     """Schedule rounds for opted-in tenants and run them; safe to run several at once."""
     from prometheus_client import start_http_server
-
-    from gateway.cli.common import settings
-    from gateway.cli.retrain_idle import idle_reasons
-    from gateway.core.logs import configure_logging
-    from retrain.worker import run_worker
 
     configure_logging(settings())
     if metrics_port:

@@ -9,7 +9,13 @@ import shutil
 import typer
 import uvicorn
 
+from adapters.base_models import resolve_base
+from gateway.cli.common import settings
+from gateway.core.admin_tokens import ensure_dev_admin_token
 from gateway.core.config import Settings
+from gateway.core.db.migrate import upgrade_sync
+from gateway.core.db.session import Database
+from gateway.core.logs import configure_logging
 
 log = logging.getLogger("flywheel")
 
@@ -25,9 +31,7 @@ def serve(
     ),
 ) -> None:
     """Start the gateway (migrations applied, demo bootstrapped on an empty database)."""
-    from gateway.app import create_app
-    from gateway.cli.common import settings
-    from gateway.core.logs import configure_logging
+    from gateway.app import create_app  # deferred: the app imports model-signing; serve only
 
     s = settings()
     configure_logging(s)
@@ -68,10 +72,7 @@ def _prepare_once(s: Settings) -> None:
     tenants, two admin-token files)."""
     import asyncio
 
-    from adapters.base_models import resolve_base
-    from gateway.core.admin_tokens import ensure_dev_admin_token
-    from gateway.core.db.migrate import upgrade_sync
-    from gateway.core.db.session import Database
+    # deferred: model-signing; serve only
     from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
 
     upgrade_sync(s.resolved_database_url)
