@@ -31,15 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tools.harness import free_port, wait_until_up
+from tools.harness import REPO, free_port, wait_until_up
 
 BASE = "fake-base"
 LITELLM_VENV_BIN = Path.home() / ".cache/flywheel-bench/litellm-venv/bin/litellm"
@@ -161,9 +162,11 @@ async def fake_upstream(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         yield proc
     finally:
@@ -198,6 +201,7 @@ class Row:
     rps: float
     p50_ms: float
     p99_ms: float
+    error_kinds: str = ""  # e.g. "ReadTimeout x2"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -205,21 +209,26 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _one(client: httpx.AsyncClient, stream: bool) -> bool:
+async def _one(client: httpx.AsyncClient, stream: bool) -> str | None:
+    """None when the answer is whole; otherwise what was wrong with it."""
     body = {**BODY, "stream": True, "stream_options": {"include_usage": True}} if stream else BODY
     if not stream:
         r = await client.post("/v1/chat/completions", json=body)
-        return r.status_code == 200 and bool(r.json()["choices"])
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}"
+        return None if r.json()["choices"] else "no choices"
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         done = False
         async for line in r.aiter_lines():
             done = done or line == "data: [DONE]"
-        return r.status_code == 200 and done
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}"
+        return None if done else "no [DONE]"
 
 
 async def _load(
     url: str, headers: dict[str, str], clients: int, total: int, stream: bool
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], Counter[str], float]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=url, headers=headers, limits=limits, timeout=60
@@ -227,20 +236,21 @@ async def _load(
         for _ in range(min(20, total)):  # warm the connections and the gateway's caches
             await _one(client, stream)
         latencies: list[float] = []
-        errors = 0
+        errors: Counter[str] = Counter()
         left = total
 
         async def worker() -> None:
-            nonlocal left, errors
+            nonlocal left
             while left > 0:
                 left -= 1
                 started = time.perf_counter()
                 try:
-                    ok = await _one(client, stream)
-                except httpx.HTTPError:
-                    ok = False
+                    wrong = await _one(client, stream)
+                except httpx.HTTPError as exc:
+                    wrong = type(exc).__name__
                 latencies.append(time.perf_counter() - started)
-                errors += not ok
+                if wrong is not None:
+                    errors[wrong] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -260,10 +270,11 @@ async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) 
                         stream,
                         clients,
                         total,
-                        errors,
+                        sum(errors.values()),
                         total / elapsed,
                         _pct(latencies, 0.5),
                         _pct(latencies, 0.99),
+                        ", ".join(f"{kind} x{n}" for kind, n in errors.most_common()),
                     )
                 )
     return rows
@@ -285,7 +296,8 @@ def table(rows: list[Row]) -> str:
         added = added or "- | -"
         lines.append(
             f"| {'stream' if r.stream else 'json'} | {r.clients} | {r.target} | {r.rps:.0f} "
-            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {added} | {r.errors} |"
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {added} "
+            f"| {r.errors}{f' ({r.error_kinds})' if r.error_kinds else ''} |"
         )
     return "\n".join(lines)
 
@@ -302,10 +314,54 @@ def summary(rows: list[Row], litellm: str) -> dict[str, Any]:
             out[f"{mode}_throughput_vs_litellm_32_clients"] = round(
                 get[("flywheel", stream, 32)].rps / lite.rps, 2
             )
+        for clients in CONCURRENCY:
+            old = get.get(("flywheel-before", stream, clients))
+            if old is not None:
+                now = get[("flywheel", stream, clients)]
+                out[f"{mode}_throughput_vs_before_{clients}_clients"] = round(now.rps / old.rps, 3)
     return out
 
 
-def run(scale: float = 1.0) -> dict[str, Any]:
+def _flywheel_env(env: dict[str, str], data_dir: Path, up_url: str, port: int) -> dict[str, str]:
+    return {
+        **env,
+        "FLYWHEEL_DATA_DIR": str(data_dir),
+        "FLYWHEEL_ENGINE": "vllm",
+        "FLYWHEEL_VLLM_URLS": up_url,
+        "FLYWHEEL_BASE_MODEL_NAME": BASE,
+        "FLYWHEEL_AUTH_CACHE_TTL_S": "5",
+        "FLYWHEEL_ROUTE_CACHE_TTL_S": "5",
+        "FLYWHEEL_DEFAULT_RPM": str(10**9),
+        "FLYWHEEL_DEFAULT_TPM": str(10**12),
+        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
+        "FLYWHEEL_LOG_LEVEL": "WARNING",
+        "FLYWHEEL_PORT": str(port),
+    }
+
+
+def _start_flywheel(
+    stack: ExitStack, name: str, tree: Path, env: dict[str, str], root: Path, port: int
+) -> tuple[str, dict[str, str]]:
+    """``flywheel serve`` from the source tree ``tree`` (its own data directory and tenant)."""
+    py = sys.executable
+    key = subprocess.run(
+        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    log = root / f"{name}.log"
+    proc = stack.enter_context(
+        _process([py, "-m", "gateway.cli.main", "serve"], env, log, cwd=tree)
+    )
+    wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, log)
+    return f"http://127.0.0.1:{port}", {"authorization": f"Bearer {key}"}
+
+
+def run(scale: float = 1.0, *, before: Path | None = None, litellm: bool = True) -> dict[str, Any]:
+    """Measure; ``before`` is another source tree of Flywheel, measured beside this one."""
     root = Path(tempfile.mkdtemp(prefix="fw-bench-overhead-"))
     up_port, fw_port, lite_port = free_port(), free_port(), free_port()
     up_url = f"http://127.0.0.1:{up_port}"
@@ -320,40 +376,21 @@ def run(scale: float = 1.0) -> dict[str, Any]:
         str(up_port),
     ]
     upstream_cmd += ["--log-level", "warning", "--no-access-log"]
-    fw_env = {
-        **env,
-        "FLYWHEEL_DATA_DIR": str(root / "fw"),
-        "FLYWHEEL_ENGINE": "vllm",
-        "FLYWHEEL_VLLM_URLS": up_url,
-        "FLYWHEEL_BASE_MODEL_NAME": BASE,
-        "FLYWHEEL_AUTH_CACHE_TTL_S": "5",
-        "FLYWHEEL_ROUTE_CACHE_TTL_S": "5",
-        "FLYWHEEL_DEFAULT_RPM": str(10**9),
-        "FLYWHEEL_DEFAULT_TPM": str(10**12),
-        "FLYWHEEL_DEMO_BOOTSTRAP": "false",
-        "FLYWHEEL_LOG_LEVEL": "WARNING",
-        "FLYWHEEL_PORT": str(fw_port),
-    }
-    key = subprocess.run(
-        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"],
-        env=fw_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    lite = litellm_bin()
+    lite = litellm_bin() if litellm else None
     litellm_note = f"LiteLLM proxy ({lite})" if lite else "not run: no litellm executable found"
-    with _process(upstream_cmd, env, root / "upstream.log") as up:
+    with ExitStack() as stack:
+        up = stack.enter_context(_process(upstream_cmd, env, root / "upstream.log"))
         wait_until_up(f"{up_url}/health", up, root / "upstream.log")
-        with _process([py, "-m", "gateway.cli.main", "serve"], fw_env, root / "flywheel.log") as fw:
-            wait_until_up(f"http://127.0.0.1:{fw_port}/readyz", fw, root / "flywheel.log")
-            targets = {
-                "direct": (up_url, {}),
-                "flywheel": (f"http://127.0.0.1:{fw_port}", {"authorization": f"Bearer {key}"}),
-            }
-            if lite is None:
-                rows = asyncio.run(measure(targets, scale))
-                return {**summary(rows, litellm_note), "table": table(rows)}
+        targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (up_url, {})}
+        fw_env = _flywheel_env(env, root / "fw", up_url, fw_port)
+        targets["flywheel"] = _start_flywheel(stack, "flywheel", REPO, fw_env, root, fw_port)
+        if before is not None:
+            port = free_port()
+            old_env = _flywheel_env(env, root / "fw-before", up_url, port)
+            targets["flywheel-before"] = _start_flywheel(
+                stack, "flywheel-before", before, old_env, root, port
+            )
+        if lite is not None:
             config = root / "litellm.yaml"
             model = {"model": f"openai/{BASE}", "api_base": f"{up_url}/v1", "api_key": "sk-none"}
             config.write_text(
@@ -371,26 +408,33 @@ def run(scale: float = 1.0) -> dict[str, Any]:
                 "--host",
                 "127.0.0.1",
             ]
-            with _process(lite_cmd, lite_env, root / "litellm.log") as lp:
-                wait_until_up(
-                    f"http://127.0.0.1:{lite_port}/health/liveliness",
-                    lp,
-                    root / "litellm.log",
-                    timeout=180,
-                )
-                targets["litellm"] = (
-                    f"http://127.0.0.1:{lite_port}",
-                    {"authorization": f"Bearer {master}"},
-                )
-                rows = asyncio.run(measure(targets, scale))
+            lp = stack.enter_context(_process(lite_cmd, lite_env, root / "litellm.log"))
+            wait_until_up(
+                f"http://127.0.0.1:{lite_port}/health/liveliness",
+                lp,
+                root / "litellm.log",
+                timeout=180,
+            )
+            targets["litellm"] = (
+                f"http://127.0.0.1:{lite_port}",
+                {"authorization": f"Bearer {master}"},
+            )
+        rows = asyncio.run(measure(targets, scale))
     return {**summary(rows, litellm_note), "table": table(rows)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another Flywheel source tree (e.g. a git worktree of an older commit), measured "
+        "beside this one in the same run",
+    )
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     args = parser.parse_args(argv)
-    results = run(args.scale)
+    results = run(args.scale, before=args.before, litellm=not args.no_litellm)
     print(results.pop("table"))
     print()
     print({k: v for k, v in results.items() if k != "rows"})
