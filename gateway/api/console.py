@@ -23,6 +23,7 @@ FILES = {
     "console-charts.js": "text/javascript",
     "console-diff.js": "text/javascript",
     "console-names.js": "text/javascript",
+    "console-playground.js": "text/javascript",
     "console-tenant.js": "text/javascript",
     "console-ui.js": "text/javascript",
     "console.css": "text/css",

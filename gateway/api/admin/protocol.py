@@ -336,3 +336,18 @@ class NextRound(BaseModel):
     heldout_rows: int | None
     golden_set_version: int | None
     lines: list[str] = Field(description="The dry run's text, one line each.")
+
+
+class PlaygroundKey(BaseModel):
+    """A tenant API key made for the console's playground: one reply, then revoked."""
+
+    tenant: str
+    key_id: str
+    prefix: str
+    api_key: str = Field(description="The key itself, shown this once; only its hash is kept.")
+    expires_at: UTCDatetime = Field(
+        description="When the gateway revokes it if the console has not (at the next issue)."
+    )
+    revoked_expired: list[str] = Field(
+        description="Ids of older playground keys past their expiry, revoked by this call."
+    )

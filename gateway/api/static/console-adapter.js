@@ -292,6 +292,7 @@ export async function adapterView(ctx, { tenant, adapter }) {
     "div",
     { className: "adapter-page" },
     el("h2", { id: "page-title", tabindex: "-1" }, `${detail.tenant} / ${detail.adapter}`),
+    el("p", {}, el("a", { href: ctx.playgroundRoute(detail.tenant, detail.adapter), id: "try-playground" }, `Try ${detail.adapter} in the playground`)),
     lineage(ctx, detail),
     feedbackSince(ctx, detail),
     next.node,

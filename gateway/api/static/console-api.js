@@ -90,6 +90,12 @@ export class AdminClient {
     return this.request("POST", `/admin/tenants/${q(tenant)}/keys/rotate`);
   }
 
+  // A tenant key for one playground reply (the OpenAI API as the tenant), shown once; the
+  // console revokes it (revokeKey) as soon as the reply has streamed.
+  playgroundKey(tenant) {
+    return this.request("POST", `/admin/tenants/${q(tenant)}/playground-key`);
+  }
+
   adapters(tenant) {
     const query = tenant ? `?tenant=${q(tenant)}` : "";
     return this.request("GET", `/admin/adapters${query}`);

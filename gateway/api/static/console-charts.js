@@ -112,7 +112,7 @@ export function gateChart(detail) {
   );
   const picker = el("p", { className: "stack" }, el("label", { for: "gate-chart-metric" }, "Gate metric"), choice);
   const numbersBox = el("div", {});
-  const { canvas, node } = figure("chart-gate", "A gate metric across the versions it judged", "", numbersBox);
+  const { canvas, node } = figure("chart-gate", "A gate metric across the versions it judged", "No gate report yet.", numbersBox);
   node.insertBefore(picker, canvas);
   const draw = () => {
     if (!reports.length || !labels.size) {

@@ -3,6 +3,7 @@
 import { adapterRoute, adapterView } from "/console/console-adapter.js";
 import { AdminClient } from "/console/console-api.js";
 import { Names, SERVABLE, rollbackTargets } from "/console/console-names.js";
+import { playgroundRoute, playgroundView } from "/console/console-playground.js";
 import { tenantRoute, tenantView } from "/console/console-tenant.js";
 import { $, ask, cell, el, kv, say, table } from "/console/console-ui.js";
 
@@ -306,13 +307,15 @@ async function auditView() {
 }
 
 // The console's pages, each reached by a URL fragment: #rounds, #adapter/acme/support (and
-// #adapter/acme/support/gate/<id> for one of its gate reports), #tenant/acme.
+// #adapter/acme/support/gate/<id> for one of its gate reports), #tenant/acme,
+// #playground/acme/support.
 const views = {
   adapters: adaptersView,
   tenants: tenantsView,
   rounds: roundsView,
   gates: gatesView,
   audit: auditView,
+  playground: (params) => playgroundView(context, params),
   adapter: (params) => adapterView(context, params),
   tenant: (params) => tenantView(context, params),
 };
@@ -327,6 +330,7 @@ const context = {
   button,
   when,
   showSecret,
+  playgroundRoute,
   swap: (detail, to, back = false) =>
     swap({ tenant: detail.tenant, adapter: detail.adapter, serving: detail.serving_version, to, back }),
 };
@@ -334,6 +338,7 @@ const context = {
 function hashOf(name, params = {}) {
   if (name === "adapter") return adapterRoute(params.tenant, params.adapter, ...(params.focus || []));
   if (name === "tenant") return tenantRoute(params.tenant);
+  if (name === "playground") return playgroundRoute(params.tenant, params.adapter);
   return `#${name}`;
 }
 
@@ -349,6 +354,7 @@ function routeOf(hash) {
     return { name, params: { tenant: rest[0], adapter: rest[1], focus: rest.slice(2, 4) } };
   }
   if (name === "tenant" && rest.length >= 1) return { name, params: { tenant: rest[0] } };
+  if (name === "playground") return { name, params: { tenant: rest[0], adapter: rest[1] } };
   return Object.hasOwn(views, name) && !SECTION[name] ? { name, params: {} } : null;
 }
 
