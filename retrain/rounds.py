@@ -40,7 +40,7 @@ from retrain.plan import (
     row_kind,
     split_heldout,
 )
-from retrain.train import Progress, library_versions, train_round
+from retrain.train import Progress, library_versions, step_log, train_round
 
 log = logging.getLogger("flywheel.retrain")
 
@@ -297,6 +297,7 @@ async def run_round(
             state="succeeded",
             candidate_version_id=version.id,
             metrics={**result.metrics, "timings": result.timings},
+            train_log=step_log(result.log_history),
             library_versions=library_versions(),
             finished_at=datetime.now(UTC),
         )

@@ -14,6 +14,7 @@ Reproducible on CPU: the same rows, hyperparameters and seed give bit-identical 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -73,6 +74,32 @@ class TrainResult:
     timings: dict[str, float]
     versions: dict[str, str]
     log_history: list[dict[str, float]] = field(default_factory=list)
+
+
+STEP_LOG_MAX = 500  # entries kept per round: enough for a curve, small enough for a row
+
+
+def step_log(history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """A round's training curves: TRL's per-step logs (``step``, ``loss``, ``rewards/margins``,
+    ``rewards/accuracies``, ... as the method logs them), without the end-of-training summary,
+    finite numbers only (JSON columns refuse NaN), at most STEP_LOG_MAX entries, evenly spaced
+    with the first and last kept."""
+    steps = [
+        {
+            key: float(value)
+            for key, value in entry.items()
+            if isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
+        for entry in history
+        if "train_runtime" not in entry and "step" in entry
+    ]
+    if len(steps) <= STEP_LOG_MAX:
+        return steps
+    last = len(steps) - 1
+    keep = sorted({round(i * last / (STEP_LOG_MAX - 1)) for i in range(STEP_LOG_MAX)})
+    return [steps[i] for i in keep]
 
 
 def library_versions() -> dict[str, str]:

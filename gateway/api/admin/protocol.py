@@ -177,6 +177,10 @@ class RoundOut(_Out):
     dataset_hash: str | None
     hyperparams: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    train_log: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="The per-step training log: step, loss, rewards/margins, ... as TRL logged them.",
+    )
     error: str | None
     attempts: int
     created_at: UTCDatetime

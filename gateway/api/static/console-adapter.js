@@ -2,7 +2,7 @@
 // linked to the round that produced it and the gate report that judged it; the gate reports as
 // tables; the feedback gathered since the last round; promote, roll back, add a version and
 // freeze a golden set.  Every value is written as text.
-import { feedbackChart, gateChart } from "/console/console-charts.js";
+import { feedbackChart, gateChart, trainingChart } from "/console/console-charts.js";
 import { wordDiff } from "/console/console-diff.js";
 import { tenantRoute } from "/console/console-tenant.js";
 import { cell, el, kv, say, table } from "/console/console-ui.js";
@@ -287,6 +287,7 @@ function addVersion(ctx, detail) {
 export async function adapterView(ctx, { tenant, adapter }) {
   const detail = await ctx.client.adapter(tenant, adapter);
   const charts = [feedbackChart(detail), gateChart(detail)];
+  const curves = trainingChart(detail);
   const next = nextRound(ctx, detail);
   const page = el(
     "div",
@@ -302,12 +303,12 @@ export async function adapterView(ctx, { tenant, adapter }) {
       "Gate reports",
       ...(detail.gate_reports.length ? detail.gate_reports.map((g) => gateReport(ctx, detail, g)) : [el("p", { className: "note" }, "none yet")]),
     ),
-    section("h-rounds", "Training rounds", rounds(ctx, detail)),
+    section("h-rounds", "Training rounds", curves.node, rounds(ctx, detail)),
     goldenSets(ctx, detail),
     addVersion(ctx, detail),
   );
   page.afterShow = () => {
-    charts.forEach((c) => c.draw()); // a chart needs its width: drawn once shown
+    [...charts, curves].forEach((c) => c.draw()); // a chart needs its width: drawn once shown
     next.load();
   };
   return page;

@@ -1,6 +1,6 @@
 // Charts on an adapter's page, drawn by uPlot (vendored: uplot.esm.js, MIT, v1.6.32; no CDN):
-// feedback rates per 100 completions across versions, and one gate metric across the versions
-// it judged.  Each chart is a figure with a caption, a text alternative and its numbers in a
+// feedback rates per 100 completions across versions, one gate metric across the versions it
+// judged, and a round's training curves (its per-step log).  Each chart is a figure with a caption, a text alternative and its numbers in a
 // table, so nothing is only in the picture.
 import uPlot from "/console/uplot.esm.js";
 import { cell, el, table } from "/console/console-ui.js";
@@ -14,7 +14,8 @@ function widthFor(node) {
   return Math.max(240, Math.min(720, Math.floor(box)));
 }
 
-function plot(target, { title, yLabel, series, xs, columns }) {
+// x is a version (@1, @2, ...) unless `steps` is set: then it is a training step.
+function plot(target, { title, yLabel, series, xs, columns, steps = false }) {
   target.replaceChildren();
   const opts = {
     title,
@@ -22,11 +23,15 @@ function plot(target, { title, yLabel, series, xs, columns }) {
     height: 220,
     scales: { x: { time: false, range: [Math.min(...xs) - 0.5, Math.max(...xs) + 0.5] } },
     axes: [
-      { incrs: [1], values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? `@${v}` : "")) },
+      steps
+        ? { label: "step", values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : "")) }
+        : { incrs: [1], values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? `@${v}` : "")) },
       { label: yLabel, size: 56 },
     ],
     series: [
-      { label: "version", value: (u, v) => (v === null ? "" : `@${v}`) },
+      steps
+        ? { label: "step", value: (u, v) => (v === null ? "" : String(v)) }
+        : { label: "version", value: (u, v) => (v === null ? "" : `@${v}`) },
       ...series.map((s) => ({ ...s, width: 2, points: { show: true, size: 8 }, spanGaps: false })),
     ],
     cursor: { drag: { x: false, y: false } },
@@ -154,6 +159,62 @@ export function gateChart(detail) {
             cell("outcome", m ? m.outcome : "n/a"),
           ),
         ),
+      ),
+    );
+  };
+  choice.addEventListener("change", draw);
+  return { node, draw };
+}
+
+// What a round's per-step log may hold, in the order drawn: [key, label, stroke, dash].
+const CURVES = [
+  ["loss", "loss", "#b00020", null],
+  ["rewards/margins", "reward margin", "#1565c0", [8, 4]],
+  ["rewards/accuracies", "reward accuracy", "#2e7d32", [2, 4]],
+];
+
+export function trainingChart(detail) {
+  const numberOf = new Map(detail.versions.map((v) => [v.version_id, v.version]));
+  const rounds = detail.rounds.filter((r) => r.train_log && r.train_log.length);
+  const name = (r) => {
+    const produced = numberOf.get(r.candidate_version_id);
+    return `${r.id}${produced ? ` (produced @${produced})` : ""}`;
+  };
+  const choice = el("select", { id: "train-chart-round" }, ...rounds.map((r) => el("option", { value: r.id }, name(r))));
+  const picker = el("p", { className: "stack" }, el("label", { for: "train-chart-round" }, "Round"), choice);
+  const numbersBox = el("div", {});
+  const { canvas, node } = figure("chart-training", "Training curves of a round, per step", "No round has a training log yet.", numbersBox);
+  node.insertBefore(picker, canvas);
+  const draw = () => {
+    if (!rounds.length) {
+      canvas.replaceChildren(el("p", { className: "note" }, "No round has a training log yet."));
+      picker.hidden = true;
+      return;
+    }
+    const r = rounds.find((x) => x.id === choice.value) || rounds[0];
+    const log = r.train_log;
+    const curves = CURVES.filter(([key]) => log.some((e) => typeof e[key] === "number"));
+    const value = (e, key) => (typeof e[key] === "number" ? e[key] : null);
+    const last = log[log.length - 1];
+    canvas.setAttribute(
+      "aria-label",
+      `Line chart of ${curves.map(([, label]) => label).join(", ")} over ${log.length} logged steps of round ${r.id}; ` +
+        curves.map(([key, label]) => `${label} ${shown(value(log[0], key))} at step ${log[0].step}, ${shown(value(last, key))} at step ${last.step}`).join("; ") +
+        ". The numbers are in the table below it.",
+    );
+    plot(canvas, {
+      title: "",
+      yLabel: "value",
+      xs: log.map((e) => e.step),
+      series: curves.map(([, label, stroke, dash]) => ({ label, stroke, ...(dash ? { dash } : {}) })),
+      columns: curves.map(([key]) => log.map((e) => value(e, key))),
+      steps: true,
+    });
+    numbersBox.replaceChildren(
+      table(
+        `Training log of round ${r.id}`,
+        ["step", ...curves.map(([, label]) => label)],
+        log.map((e) => el("tr", {}, cell("step", e.step), ...curves.map(([key]) => cell(key.replace("rewards/", ""), shown(value(e, key)))))),
       ),
     );
   };

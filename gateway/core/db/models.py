@@ -207,6 +207,9 @@ class TrainingRound(Base):
     heldout: Mapped[list[Any]] = mapped_column(JSON, default=list)
     hyperparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The per-step training log (retrain.train.step_log): step, loss, rewards/* as TRL logged
+    # them; the adapter page draws it as the round's training curves.
+    train_log: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     library_versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -63,6 +63,13 @@ GOLDEN = [
         "checks": [{"type": "contains", "value": "9"}],
     },
 ]
+# What retrain.train.step_log keeps of a DPO round: step, loss, reward margins and accuracies.
+TRAIN_LOG = [
+    {"step": 1.0, "loss": 0.6931, "rewards/margins": 0.0, "rewards/accuracies": 0.0},
+    {"step": 2.0, "loss": 0.61, "rewards/margins": 0.21, "rewards/accuracies": 0.5},
+    {"step": 3.0, "loss": 0.52, "rewards/margins": 0.39, "rewards/accuracies": 0.75},
+    {"step": 4.0, "loss": 0.45, "rewards/margins": 0.6, "rewards/accuracies": 1.0},
+]
 ORIGINAL_PROMPT = "How long does delivery take?"
 EDITED = "Delivery takes three to five business days."
 
@@ -145,6 +152,7 @@ async def _judge(gateway: Gateway, tenant: str) -> dict[str, str]:
                     data_cutoff=now - timedelta(hours=hours),
                     counts={"edit pairs": 40, "heldout_rows": 9},
                     metrics={"train_loss": 0.61, "eval_rewards/margins": 0.39},
+                    train_log=TRAIN_LOG if round_id == ids["round"] else [],
                     attempts=1,
                     created_at=now - timedelta(hours=hours),
                 )
@@ -406,6 +414,21 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     await expect(judged.nth(1).locator("[data-col=candidate]")).to_have_text("90")
     await expect(judged.nth(1).locator("[data-col=bound]")).to_have_text("60")
     await expect(judged.nth(1).locator("[data-col=outcome]")).to_have_text("fail")
+    # The training curves of the round that produced @2 (the other round has no log).
+    curves = page.locator("#chart-training")
+    await expect(curves.get_by_label("Round").locator("option")).to_have_text(
+        [f"{ids['round']} (produced @2)"]
+    )
+    await expect(curves.locator("canvas")).to_be_visible()
+    await expect(curves.locator(".u-legend")).to_contain_text("reward margin")
+    await expect(curves.locator(".chart-canvas")).to_have_attribute(
+        "aria-label", re.compile("loss 0.6931 at step 1, 0.45 at step 4")
+    )
+    await curves.get_by_text("The numbers").click()
+    logged = curves.locator(".table-wrap tbody tr")
+    await expect(logged).to_have_count(4)
+    for col, text in (("step", "3"), ("loss", "0.52"), ("margins", "0.39"), ("accuracies", "0.75")):
+        await expect(logged.nth(2).locator(f"[data-col={col}]")).to_have_text(text)
     assert await page.evaluate(UNLABELLED) == []
     assert await _axe(page) == []
     if size == "phone":
