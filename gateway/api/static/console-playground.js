@@ -162,23 +162,25 @@ export async function playgroundView(ctx, params) {
   const chat = el("ol", { className: "chat", id: "play-chat", "aria-label": "Conversation" });
   const message = el("textarea", { id: "play-message", rows: "3", required: "" });
   const send = el("button", { type: "submit" }, "Send");
-  const conversation = []; // the conversation so far, as the OpenAI API takes it
+  const conversations = new Map(); // per version: the conversation so far, as the API takes it
   let replies = 0;
 
   const servable = () => versions.filter((v) => v.tenant === tenantBox.value && v.adapter === adapterBox.value && SERVABLE.includes(v.state));
   const newChat = () => {
-    conversation.length = 0;
+    conversations.clear();
     replies = 0;
     chat.replaceChildren();
   };
   const fillVersions = () => {
     const list = servable();
     const serving = list.find((v) => v.active);
-    // The candidate: the newest version that passed the gate and does not serve yet.
+    // The candidate: the newest version that passed the gate and does not serve yet; it can be
+    // asked beside the serving version ("2+1": each message goes to both).
     const candidate = [...list].reverse().find((v) => !v.active && v.state === "passed");
+    const pair = candidate && serving ? [[`${candidate.version}+${serving.version}`, `@${candidate.version} (the candidate) beside @${serving.version} (serving)`]] : [];
     options(
       versionBox,
-      list.map((v) => [String(v.version), `@${v.version} · ${v.state}${v.active ? " · serving" : v === candidate ? " · the candidate" : ""}`]),
+      [...list.map((v) => [String(v.version), `@${v.version} · ${v.state}${v.active ? " · serving" : v === candidate ? " · the candidate" : ""}`]), ...pair],
       params.version || String((serving || list[list.length - 1] || {}).version),
     );
     newChat();
@@ -242,6 +244,42 @@ export async function playgroundView(ctx, params) {
     message,
     el("p", { className: "buttons-row" }, send, ctx.button("New chat", "New chat", () => { newChat(); message.focus(); })),
   );
+  // One reply's box: its title (which version answered), the text as it streams, then the
+  // feedback controls.
+  const replyBox = (model) => {
+    const n = ++replies;
+    const answer = el("p", { className: "reply", id: `reply-${n}`, "aria-busy": "true" });
+    const title = el("h4", {}, `Reply ${n} · ${model}`);
+    return { n, model, answer, title, node: el("div", { className: "reply-box" }, title, answer) };
+  };
+
+  // Ask one version (its own conversation) and fill its box; a summary line, or throws.
+  const ask = async (version, box, user) => {
+    const model = `${adapterBox.value}@${version}`;
+    const before = conversations.get(version) || [];
+    try {
+      const reply = await streamReply(
+        ctx,
+        { tenant: tenantBox.value, model, messages: [...before, user], maxTokens: Number(maxTokens.value) || 128 },
+        (sofar) => {
+          box.answer.textContent = sofar;
+        },
+      );
+      box.answer.textContent = reply.text;
+      box.answer.dataset.chunks = String(reply.chunks);
+      box.answer.dataset.completion = reply.id || "";
+      box.title.textContent = `Reply ${box.n} · ${reply.version || model}`;
+      conversations.set(version, [...before, user, { role: "assistant", content: reply.text }]);
+      box.node.append(...feedbackControls(reply, box.n));
+      return `${reply.version || model} answered in ${reply.chunks} streamed pieces`;
+    } catch (err) {
+      box.answer.textContent = `(no answer: ${err.message})`;
+      throw err;
+    } finally {
+      box.answer.removeAttribute("aria-busy");
+    }
+  };
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = message.value.trim();
@@ -249,36 +287,21 @@ export async function playgroundView(ctx, params) {
       if (!versionBox.value) say("Pick an adapter with a servable version first.", "error");
       return;
     }
-    const model = `${adapterBox.value}@${versionBox.value}`;
-    const n = ++replies;
-    conversation.push({ role: "user", content: text });
-    const answer = el("p", { className: "reply", id: `reply-${n}`, "aria-busy": "true" });
-    const item = el("li", { className: "assistant" }, el("h4", {}, `Reply ${n} · ${model}`), answer);
-    chat.append(el("li", { className: "user" }, el("h4", {}, "You"), el("p", {}, text)), item);
+    const asked = versionBox.value.split("+"); // one version, or the candidate and the serving one
+    const user = { role: "user", content: text };
+    const boxes = asked.map((version) => replyBox(`${adapterBox.value}@${version}`));
+    chat.append(
+      el("li", { className: "user" }, el("h4", {}, "You"), el("p", {}, text)),
+      el("li", { className: "assistant" }, boxes.length > 1 ? el("div", { className: "play-sides" }, ...boxes.map((b) => b.node)) : boxes[0].node),
+    );
     message.value = "";
     send.disabled = true;
-    say(`asking ${tenantBox.value}/${model}…`, "ok");
-    try {
-      const reply = await streamReply(
-        ctx,
-        { tenant: tenantBox.value, model, messages: [...conversation], maxTokens: Number(maxTokens.value) || 128 },
-        (sofar) => { answer.textContent = sofar; },
-      );
-      answer.textContent = reply.text;
-      answer.dataset.chunks = String(reply.chunks);
-      answer.dataset.completion = reply.id || "";
-      item.querySelector("h4").textContent = `Reply ${n} · ${reply.version || model}`;
-      conversation.push({ role: "assistant", content: reply.text });
-      item.append(...feedbackControls(reply, n));
-      say(`${tenantBox.value}/${reply.version || model} answered in ${reply.chunks} streamed pieces.`, "ok");
-    } catch (err) {
-      conversation.pop();
-      answer.textContent = `(no answer: ${err.message})`;
-      say(err.message, "error");
-    } finally {
-      answer.removeAttribute("aria-busy");
-      send.disabled = false;
-    }
+    say(`asking ${tenantBox.value}/${boxes.map((b) => b.model).join(" and ")}…`, "ok");
+    const results = await Promise.allSettled(asked.map((version, i) => ask(version, boxes[i], user)));
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) say(failed.reason.message, "error");
+    else say(`${tenantBox.value}: ${results.map((r) => r.value).join("; ")}.`, "ok");
+    send.disabled = false;
   });
 
   const adapterLink = el("p", { className: "note", id: "play-adapter-link" });

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
@@ -80,7 +81,11 @@ async def test_chat_in_the_playground_and_give_feedback_as_a_user_would(
     version = page.get_by_label("Version", exact=True)
     await expect(version).to_have_value("1")  # what serves, by default
     await expect(version.locator("option")).to_have_text(
-        ["@1 · ready · serving", "@2 · passed · the candidate"]
+        [
+            "@1 · ready · serving",
+            "@2 · passed · the candidate",
+            "@2 (the candidate) beside @1 (serving)",
+        ]
     )
     await version.select_option("2")
     await page.get_by_label("Max tokens").fill("6")
@@ -177,4 +182,42 @@ async def test_chat_in_the_playground_and_give_feedback_as_a_user_would(
     (edit_row,) = [r for r in rows if r["meta"]["signal"] == "edit"]
     assert edit_row["completion"] == [{"role": "assistant", "content": EDITED}]
     assert edit_row["prompt"][-1]["content"] == "Can I get a refund?"
+
+    # Back from the adapter's page: the candidate beside the serving version, one message to
+    # both, each streamed with its own key and answered by its own version.
+    await page.locator("#try-playground").click()
+    await expect(page.locator("#page-title")).to_have_text("Playground")
+    await expect(page.get_by_label("Tenant", exact=True)).to_have_value(tenant)
+    await version.select_option(label="@2 (the candidate) beside @1 (serving)")
+    models: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            models.append(r.post_data_json["model"])
+            if r.url.endswith("/v1/chat/completions")
+            else None
+        ),
+    )
+    await page.get_by_label("Message", exact=True).fill("Do you ship abroad?")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(message).to_have_text(
+        re.compile(
+            f"^{tenant}: support@2 answered in \\d+ streamed pieces; "
+            "support@1 answered in \\d+ streamed pieces\\.$"
+        )
+    )
+    assert sorted(models) == ["support@1", "support@2"]
+    sides = page.locator(".play-sides h4")
+    await expect(sides).to_have_text(["Reply 1 · support@2", "Reply 2 · support@1"])
+    await page.get_by_role("button", name="Thumbs down: reply 2").click()
+    await expect(page.locator("#reply-2-status")).to_have_text("Thumbs down sent for reply 2.")
+    assert await loop._axe(page) == []
+    if size == "phone":
+        assert await page.evaluate(loop.SMALL_TARGETS) == []
+    loop._fits(await loop._overflow(page))
+    await console._screenshot(page, f"{size}-playground-side-by-side")
+    async with gateway.admin() as admin:
+        keys = (await admin.get(f"/admin/tenants/{tenant}/keys")).json()
+    assert all(k["revoked_at"] for k in keys if k["prefix"].startswith("fw-play-"))
+    assert len([k for k in keys if k["prefix"].startswith("fw-play-")]) == 4
     await page.context.close()
