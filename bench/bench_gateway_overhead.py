@@ -202,6 +202,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     error_kinds: str = ""  # e.g. "ReadTimeout x2"
+    cpu_ms_per_request: float | None = None  # the server's own CPU, where its pid is known
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -257,13 +258,38 @@ async def _load(
         return latencies, errors, time.perf_counter() - started
 
 
-async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) -> list[Row]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its direct children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # after the command: state, ppid, ..., utime (14th field overall), stime (15th)
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def measure(
+    targets: dict[str, tuple[str, dict[str, str]]],
+    scale: float,
+    pids: dict[str, int] | None = None,
+) -> list[Row]:
+    """Each target under each load, interleaved; ``pids`` adds the server's CPU per request,
+    which a busy machine disturbs far less than throughput (it slows everyone alike)."""
     rows: list[Row] = []
+    pids = pids or {}
     for stream in (False, True):
         for clients in CONCURRENCY:
             total = max(clients, int(REQUESTS[clients] * scale))
             for name, (url, headers) in targets.items():  # interleaved: drift hits all alike
+                pid = pids.get(name)
+                cpu_before = cpu_seconds(pid) if pid else 0.0
                 latencies, errors, elapsed = await _load(url, headers, clients, total, stream)
+                cpu = (cpu_seconds(pid) - cpu_before) / total * 1000 if pid else None
                 rows.append(
                     Row(
                         name,
@@ -275,6 +301,7 @@ async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) 
                         _pct(latencies, 0.5),
                         _pct(latencies, 0.99),
                         ", ".join(f"{kind} x{n}" for kind, n in errors.most_common()),
+                        cpu,
                     )
                 )
     return rows
@@ -283,8 +310,9 @@ async def measure(targets: dict[str, tuple[str, dict[str, str]]], scale: float) 
 def table(rows: list[Row]) -> str:
     direct = {(r.stream, r.clients): r for r in rows if r.target == "direct"}
     lines = [
-        "| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| server CPU ms/req | errors |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         d = direct[(r.stream, r.clients)]
@@ -297,6 +325,7 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {'stream' if r.stream else 'json'} | {r.clients} | {r.target} | {r.rps:.0f} "
             f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {added} "
+            f"| {'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.3f}'} "
             f"| {r.errors}{f' ({r.error_kinds})' if r.error_kinds else ''} |"
         )
     return "\n".join(lines)
@@ -319,6 +348,10 @@ def summary(rows: list[Row], litellm: str) -> dict[str, Any]:
             if old is not None:
                 now = get[("flywheel", stream, clients)]
                 out[f"{mode}_throughput_vs_before_{clients}_clients"] = round(now.rps / old.rps, 3)
+                if now.cpu_ms_per_request and old.cpu_ms_per_request:
+                    out[f"{mode}_cpu_per_request_vs_before_{clients}_clients"] = round(
+                        now.cpu_ms_per_request / old.cpu_ms_per_request, 3
+                    )
     return out
 
 
@@ -341,7 +374,7 @@ def _flywheel_env(env: dict[str, str], data_dir: Path, up_url: str, port: int) -
 
 def _start_flywheel(
     stack: ExitStack, name: str, tree: Path, env: dict[str, str], root: Path, port: int
-) -> tuple[str, dict[str, str]]:
+) -> tuple[str, dict[str, str], int]:
     """``flywheel serve`` from the source tree ``tree`` (its own data directory and tenant)."""
     py = sys.executable
     key = subprocess.run(
@@ -357,7 +390,7 @@ def _start_flywheel(
         _process([py, "-m", "gateway.cli.main", "serve"], env, log, cwd=tree)
     )
     wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, log)
-    return f"http://127.0.0.1:{port}", {"authorization": f"Bearer {key}"}
+    return f"http://127.0.0.1:{port}", {"authorization": f"Bearer {key}"}, proc.pid
 
 
 def run(scale: float = 1.0, *, before: Path | None = None, litellm: bool = True) -> dict[str, Any]:
@@ -383,13 +416,18 @@ def run(scale: float = 1.0, *, before: Path | None = None, litellm: bool = True)
         wait_until_up(f"{up_url}/health", up, root / "upstream.log")
         targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (up_url, {})}
         fw_env = _flywheel_env(env, root / "fw", up_url, fw_port)
-        targets["flywheel"] = _start_flywheel(stack, "flywheel", REPO, fw_env, root, fw_port)
+        pids: dict[str, int] = {}
+        url, auth, pids["flywheel"] = _start_flywheel(
+            stack, "flywheel", REPO, fw_env, root, fw_port
+        )
+        targets["flywheel"] = (url, auth)
         if before is not None:
             port = free_port()
             old_env = _flywheel_env(env, root / "fw-before", up_url, port)
-            targets["flywheel-before"] = _start_flywheel(
+            url, auth, pids["flywheel-before"] = _start_flywheel(
                 stack, "flywheel-before", before, old_env, root, port
             )
+            targets["flywheel-before"] = (url, auth)
         if lite is not None:
             config = root / "litellm.yaml"
             model = {"model": f"openai/{BASE}", "api_base": f"{up_url}/v1", "api_key": "sk-none"}
@@ -419,7 +457,7 @@ def run(scale: float = 1.0, *, before: Path | None = None, litellm: bool = True)
                 f"http://127.0.0.1:{lite_port}",
                 {"authorization": f"Bearer {master}"},
             )
-        rows = asyncio.run(measure(targets, scale))
+        rows = asyncio.run(measure(targets, scale, pids))
     return {**summary(rows, litellm_note), "table": table(rows)}
 
 

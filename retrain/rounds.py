@@ -32,6 +32,7 @@ from gateway.core.db.session import Database
 from gateway.core.ids import new_id
 from gateway.core.tenants import get_tenant
 from gateway.core.time import as_utc
+from gateway.engine.capabilities import capabilities_for
 from retrain.gate import run_gate
 from retrain.plan import (
     PAIR_METHODS,
@@ -286,7 +287,7 @@ async def run_round(
                     "method": plan.method,
                     "dataset_hash": prepared.dataset_hash,
                 },
-                allow_dora=settings.engine != "vllm",
+                allow_dora=capabilities_for(settings.engine).dora,
                 actor="retrain",
             )
         metrics.ROUNDS.labels("succeeded").inc()
