@@ -13,6 +13,7 @@ from gateway.core.audit import Actor, record_by
 from gateway.core.db.models import ApiKey, Tenant
 from gateway.core.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
 from gateway.core.ids import hash_secret, new_id, new_secret
+from gateway.core.time import as_utc
 
 KEY_PREFIX = "fw-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -164,6 +165,9 @@ async def authenticate(session: AsyncSession, secret: str) -> tuple[Tenant, ApiK
     key, tenant = row
     if key.revoked_at is not None:
         raise AuthenticationError("This API key has been revoked.", code="revoked_api_key")
+    if key.expires_at is not None and as_utc(key.expires_at) <= datetime.now(UTC):
+        # The same code as a revocation (docs/api.md): an expired key is revoked by time.
+        raise AuthenticationError("This API key has expired.", code="revoked_api_key")
     if tenant.disabled:
         raise AuthenticationError("This tenant is disabled.", code="tenant_disabled")
     return tenant, key

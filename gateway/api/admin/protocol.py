@@ -113,6 +113,10 @@ class KeyOut(_Out):
     prefix: str
     created_at: UTCDatetime
     revoked_at: UTCDatetime | None
+    expires_at: UTCDatetime | None = Field(
+        default=None,
+        description="When the key stops working by itself (playground keys); else null.",
+    )
 
 
 class NewKey(KeyOut):
@@ -350,7 +354,7 @@ class PlaygroundKey(BaseModel):
     prefix: str
     api_key: str = Field(description="The key itself, shown this once; only its hash is kept.")
     expires_at: UTCDatetime = Field(
-        description="When the gateway revokes it if the console has not (at the next issue)."
+        description="When it stops working, if the console has not revoked it before."
     )
     revoked_expired: list[str] = Field(
         description="Ids of older playground keys past their expiry, revoked by this call."

@@ -507,9 +507,11 @@ async def next_round(db: Database, settings: Settings, tenant: str, name: str) -
 # The playground chats through the public OpenAI API as the tenant, so it needs a tenant key; the
 # console holds only an admin token, and a tenant's own keys are never shown again after they
 # are made.  So each reply gets a key of its own, made here (audited), which the console revokes
-# (DELETE /admin/keys/{id}) as soon as the reply has streamed.  A key the console could not
-# revoke (a closed tab, a lost connection) is revoked by the next issue once it is older than
-# PLAYGROUND_KEY_TTL_S.  The prefix marks them in a tenant's key list and for that sweep.
+# (DELETE /admin/keys/{id}) as soon as the reply has streamed.  Each key also carries its
+# expires_at (PLAYGROUND_KEY_TTL_S on), after which tenants.authenticate refuses it, so a key
+# the console could not revoke (a closed tab, a lost connection) stops working by itself; the
+# next issue then marks it revoked too, so the tenant's key list says so.  The prefix marks them
+# in that list and for that sweep.
 PLAYGROUND_KEY_PREFIX = "fw-play-"
 PLAYGROUND_KEY_TTL_S = 600
 
@@ -533,10 +535,16 @@ async def playground_key(session: AsyncSession, tenant: str, by: Actor) -> Playg
         old.revoked_at = now
         record_by(session, by, "key.revoke", old.id, old.tenant_id, {"why": "playground expiry"})
     secret = new_secret(PLAYGROUND_KEY_PREFIX)
-    key = ApiKey(id=new_id("key"), tenant_id=t.id, key_hash=hash_secret(secret), prefix=secret[:10])
+    expires_at = now + timedelta(seconds=PLAYGROUND_KEY_TTL_S)
+    key = ApiKey(
+        id=new_id("key"),
+        tenant_id=t.id,
+        key_hash=hash_secret(secret),
+        prefix=secret[:10],
+        expires_at=expires_at,
+    )
     session.add(key)
     await session.flush()
-    expires_at = now + timedelta(seconds=PLAYGROUND_KEY_TTL_S)
     record_by(session, by, "playground.key", key.id, t.id, {"expires_at": expires_at.isoformat()})
     return PlaygroundKey(
         tenant=t.name,

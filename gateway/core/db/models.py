@@ -65,6 +65,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Set for keys made to expire (the console playground's); refused from then on, revoked or not.
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class AdminToken(Base):

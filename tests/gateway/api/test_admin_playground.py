@@ -2,9 +2,9 @@
 and PostgreSQL.
 
 The key is real: the OpenAI API answers it (streamed, pinned with ``name@N``), its completion's
-browser feedback token works, ``DELETE /admin/keys/{id}`` ends it, and an expired one is revoked
-by the next issue.  Expiry is reached by moving the key's ``created_at`` back in the database
-rather than by waiting ten minutes.
+browser feedback token works, ``DELETE /admin/keys/{id}`` ends it, and an expired one is refused
+once past its ``expires_at`` (and revoked by the next issue).  Expiry is reached by moving the
+key's ``created_at`` and ``expires_at`` back in the database rather than by waiting ten minutes.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gateway.app import create_app
 from gateway.core.admin_tokens import local_admin_token
 from gateway.core.db.models import ApiKey, Completion
 from gateway.core.tenants import update_tenant
+from gateway.core.time import as_utc
 from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -130,18 +131,36 @@ async def test_a_playground_key_answers_as_the_tenant_and_its_feedback_token_wor
     assert fb.status_code == 200, fb.text
 
 
-async def test_an_expired_playground_key_is_revoked_by_the_next_issue(env: Env) -> None:
+async def test_an_expired_playground_key_stops_working_and_the_next_issue_revokes_it(
+    env: Env,
+) -> None:
     first = (await issue(env)).json()
+    unexpired = (await issue(env)).json()
     async with env.app.state.flywheel.db.transaction() as session:
         row = await session.get(ApiKey, first["key_id"])
-        assert row is not None
-        row.created_at = row.created_at - timedelta(seconds=PLAYGROUND_KEY_TTL_S + 1)
-    assert (await stream(env, first["api_key"], "support"))[0].status_code == 200
+        assert row is not None and row.expires_at is not None
+        lifetime = as_utc(row.expires_at) - as_utc(row.created_at)
+        assert abs(lifetime.total_seconds() - PLAYGROUND_KEY_TTL_S) < 5
+        back = timedelta(seconds=PLAYGROUND_KEY_TTL_S + 1)
+        row.created_at = row.created_at - back
+        row.expires_at = row.expires_at - back
+    # Past its expiry it is refused at once, though nobody revoked it (no issue in between).
+    refused, _ = await stream(env, first["api_key"], "support")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "revoked_api_key"
+    assert "expired" in refused.json()["error"]["message"]
+    assert (await stream(env, unexpired["api_key"], "support"))[0].status_code == 200
+    keys = await env.client.get("/admin/tenants/acme/keys", headers=env.admin)
+    listed = {k["id"]: k for k in keys.json()}
+    assert listed[first["key_id"]]["expires_at"] and not listed[first["key_id"]]["revoked_at"]
+    assert listed[env.tenant.key_id]["expires_at"] is None
+    # The next issue marks it revoked too (the key list then says so); the unexpired one lives.
     second = (await issue(env)).json()
     assert second["revoked_expired"] == [first["key_id"]]
     assert (await stream(env, first["api_key"], "support"))[0].status_code == 401
     assert (await stream(env, second["api_key"], "support"))[0].status_code == 200
-    # The tenant's own key is no playground key: never swept.
+    assert (await stream(env, unexpired["api_key"], "support"))[0].status_code == 200
+    # The tenant's own key is no playground key: it has no expiry and is never swept.
     assert (await stream(env, env.tenant.key, "support"))[0].status_code == 200
 
 
