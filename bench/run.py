@@ -40,6 +40,10 @@ BENCHES = {
         "bench.bench_gateway_overhead",
         "Gateway overhead vs direct vs LiteLLM (issue: vLLM and scale)",
     ),
+    "relay": (
+        "bench.bench_relay",
+        "Relay: streamed tokens/s and gateway CPU per token, instant and paced upstream (issue 17)",
+    ),
     "many_adapters": (
         "bench.bench_many_adapters",
         "1,000 adapters over 3 replicas (issue: vLLM and scale)",
