@@ -7,11 +7,22 @@ feedback token, which a preflight (OPTIONS) does not carry.  So:
 * preflight: allowed when the Origin is in the union of every tenant's origins (cached for
   ``CORS_REFRESH_S``; ``"*"`` in any tenant's list allows every origin);
 * the actual GET/POST: with a feedback token, the Origin must be in the token's tenant's own
-  list, or the request is refused with 403 before anything is stored.  With a tenant key the
+  list, or be the gateway's own origin (below), or the request is refused with 403 before
+  anything is stored.  With a tenant key the
   Origin is not enforced (the key is the credential, and keys are not for browsers); the CORS
   headers are just added when the origin is allowed.
 
 Error responses carry the CORS headers too, so a widget can read a 401 (expired token) body.
+
+The gateway's own origin (exactly the scheme and ``Host`` the request was made to: the console's
+playground, a page this gateway served) is accepted for a feedback token without being in any
+tenant's list.  The Origin check exists so that other sites' pages cannot use a token; the
+gateway's origin serves only the console (static, under a CSP allowing no inline script), and a
+script running there could already read a signed-in console's admin token, far more than one
+completion's token.  Never a wildcard, never another port or scheme; a same-origin request sends
+no preflight, so nothing else changes.  (Under DNS rebinding a hostile page's Host and Origin
+match too, but it still needs the token, which works as well with no Origin at all, outside a
+browser: the check only ever kept tokens from being used by other sites' pages.)
 """
 
 from __future__ import annotations
@@ -215,10 +226,20 @@ class FeedbackServing:
         if tenant is not None and tenant.disabled:
             raise AuthenticationError("This tenant is disabled.", code="tenant_disabled")
         cors = tenant or TenantCors(frozenset(), False)
-        if self.origin is not None and not cors.allows(self.origin):
+        if self.origin is not None and not (cors.allows(self.origin) or self._same_origin()):
             raise PermissionDenied("This origin may not send feedback for this tenant.")
         self.request.state.tenant_id = tenant_id
         return FeedbackAuth(tenant_id, cors, completion_id)
+
+    def _same_origin(self) -> bool:
+        """Whether Origin is exactly this gateway's own: the scheme and Host the request came to.
+
+        The scheme is the one uvicorn saw (X-Forwarded-Proto from a trusted proxy included), so
+        behind a TLS proxy that does not forward it the console's https origin does not match
+        and the tenant must list it, as before.
+        """
+        host = self.request.headers.get("host")
+        return bool(host) and self.origin == f"{self.request.url.scheme}://{host}"
 
     async def _items(self) -> _Items:
         data = await read_json(self.request, self.state.settings.max_body_bytes)

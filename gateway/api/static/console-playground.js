@@ -5,7 +5,6 @@
 // from the admin API (POST /admin/tenants/{name}/playground-key, audited), revoked as soon as
 // the reply has streamed.  Every value is written as text.
 import { adapterRoute } from "/console/console-adapter.js";
-import { tenantRoute } from "/console/console-tenant.js";
 import { el, say } from "/console/console-ui.js";
 
 export const playgroundRoute = (tenant, adapter) =>
@@ -90,7 +89,7 @@ async function streamReply(ctx, { tenant, model, messages, maxTokens }, onText) 
 
 // Feedback with the reply's browser feedback token, as a tenant's web app sends it.  The page's
 // no-referrer policy would send "Origin: null"; "origin" sends this page's origin, which the
-// tenant must allow like any other (cors_origins).
+// feedback API accepts as the gateway's own (gateway/api/feedback/serving.py).
 async function sendFeedback(reply, item) {
   const response = await fetch("/v1/feedback", {
     method: "POST",
@@ -158,7 +157,11 @@ export async function playgroundView(ctx, params) {
   maxTokens.addEventListener("input", () => {
     params.maxTokens = maxTokens.value;
   });
-  const origin = el("div", { id: "play-origin" });
+  const origin = el(
+    "p",
+    { className: "note", id: "play-origin" },
+    "Thumbs and edits go to /v1/feedback with each reply's browser token, as a tenant's web app sends them; the gateway takes them from its own origin (this console's) without it being in the tenant's browser origins.",
+  );
   const chat = el("ol", { className: "chat", id: "play-chat", "aria-label": "Conversation" });
   const message = el("textarea", { id: "play-message", rows: "3", required: "" });
   const send = el("button", { type: "submit" }, "Send");
@@ -189,29 +192,6 @@ export async function playgroundView(ctx, params) {
     const names = [...new Set(versions.filter((v) => v.tenant === tenantBox.value).map((v) => v.adapter))];
     options(adapterBox, names.map((n) => [n, n]), chosen);
     fillVersions();
-    const tenant = tenants.find((t) => t.name === tenantBox.value);
-    const allowed = tenant && (tenant.cors_origins.includes("*") || tenant.cors_origins.includes(location.origin));
-    origin.replaceChildren();
-    if (tenant && !allowed) {
-      origin.append(
-        el(
-          "p",
-          { className: "note" },
-          `Feedback is sent from this page (${location.origin}) with each reply's browser token, which ${tenant.name} accepts only from its own browser origins (`,
-          el("a", { href: tenantRoute(tenant.name) }, `${tenant.name}'s settings`),
-          "), as for any web app.",
-        ),
-        el(
-          "p",
-          { className: "buttons-row" },
-          ctx.button(`Allow feedback from this console`, `Allow feedback from this console for ${tenant.name}`, () =>
-            ctx.act(`allow ${location.origin} for ${tenant.name}`, () =>
-              ctx.client.updateTenant(tenant.name, { cors_origins: [...tenant.cors_origins, location.origin] }),
-            ),
-          ),
-        ),
-      );
-    }
   };
   options(tenantBox, tenants.map((t) => [t.name, t.name]), params.tenant);
   fillAdapters(params.adapter);
