@@ -46,6 +46,7 @@ class FakeVLLM:
     missing_paths: set[str] = field(default_factory=set)
     down: bool = False
     die_after_events: int | None = None  # drop the connection after this many SSE events
+    stall_after_events: int | None = None  # then send nothing more, the connection kept open
     log: list[tuple[str, ...]] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -155,12 +156,14 @@ class FakeVLLM:
             event([], {"prompt_tokens": 7, "completion_tokens": len(WORDS), "total_tokens": 12})
         )
         events.append(b"data: [DONE]\n\n")
-        cut = self.die_after_events
+        cut, stall = self.die_after_events, self.stall_after_events
 
         async def stream() -> AsyncIterator[bytes]:
             for i, chunk in enumerate(events):
                 if cut is not None and i >= cut:
                     raise httpx.RemoteProtocolError("peer closed connection", request=request)
+                if stall is not None and i >= stall:
+                    await asyncio.Event().wait()  # frozen: never answers, never closes
                 yield chunk
 
         return httpx.Response(200, content=stream(), headers={"content-type": "text/event-stream"})
@@ -611,6 +614,79 @@ async def test_cut_before_first_token_retries_after_first_token_fails(tmp_path: 
         b.die_after_events = 3  # tokens reached the client: no silent retry
         with pytest.raises(EngineError, match="failed while streaming"):
             await collect(engine, chat(None))
+    finally:
+        await engine.stop()
+
+
+async def _down_soon(engine: VLLMEngine, replica: int, after_s: float = 0.05) -> None:
+    await asyncio.sleep(after_s)
+    engine.replicas[replica].mark_down("health check failed")
+
+
+async def test_replica_leaving_rotation_mid_stream_ends_it_at_once(tmp_path: Path) -> None:
+    """A frozen replica: tokens sent, then silence; the health check takes it out of rotation,
+    and the stream ends with an error then, not at the read timeout (10 minutes)."""
+    a = FakeVLLM("a", stall_after_events=3)  # the role event and two words, then frozen
+    engine, _ = await make_engine(tmp_path, a)
+    try:
+        stream = engine.generate(chat(None))
+        assert (await anext(stream)).text == WORDS[0]
+        assert (await anext(stream)).text == WORDS[1]
+        down = asyncio.create_task(_down_soon(engine, 0))
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="failed while streaming"):
+            await anext(stream)
+        assert time.monotonic() - started < 1
+        await down
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the watcher's cancel was taken back
+    finally:
+        await engine.stop()
+
+
+async def test_replica_leaving_rotation_while_a_chunk_is_held_ends_at_the_next_read(
+    tmp_path: Path,
+) -> None:
+    a = FakeVLLM("a")
+    engine, _ = await make_engine(tmp_path, a)
+    try:
+        stream = engine.generate(chat(None))
+        assert (await anext(stream)).text == WORDS[0]
+        engine.replicas[0].mark_down("health check failed")  # while the consumer holds a chunk
+        for _ in range(3):
+            await asyncio.sleep(0)  # the waiter hears it
+        with pytest.raises(EngineError, match="failed while streaming"):
+            await anext(stream)
+    finally:
+        await engine.stop()
+
+
+async def test_replica_leaving_rotation_before_the_first_token_retries(tmp_path: Path) -> None:
+    a, b = FakeVLLM("a", stall_after_events=1), FakeVLLM("b")  # a: the role event, then frozen
+    engine, _ = await make_engine(tmp_path, a, b)
+    try:
+        down = asyncio.create_task(_down_soon(engine, 0))
+        started = time.monotonic()
+        chunks = await collect(engine, chat(None))
+        assert time.monotonic() - started < 1
+        assert "".join(c.text for c in chunks) == "".join(WORDS)
+        assert [e[1] for e in a.log + b.log if e[0] == "generate"] == ["a", "b"]
+        await down
+    finally:
+        await engine.stop()
+
+
+async def test_a_cancel_from_outside_stays_a_cancel(tmp_path: Path) -> None:
+    """The client hanging up while the stream waits on its replica: cancelled, replica kept."""
+    a = FakeVLLM("a", stall_after_events=2)
+    engine, _ = await make_engine(tmp_path, a)
+    try:
+        reading = asyncio.create_task(collect(engine, chat(None)))
+        await asyncio.sleep(0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert engine.replicas[0].usable and engine.replicas[0].in_flight == 0
     finally:
         await engine.stop()
 
