@@ -25,6 +25,8 @@ class RawServer:
     requests: list[bytes] = field(default_factory=list)
     close_after: bool = False  # close the connection after each answer
     stall: bool = False  # never answer
+    gap_s: float = 0.0  # between two pieces
+    stall_after: int | None = None  # pieces written, then silence with the connection open
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -39,10 +41,12 @@ class RawServer:
                 self.requests.append(head + await reader.readexactly(length))
                 if self.stall:
                     await asyncio.sleep(3600)
-                for piece in self.script(len(self.requests)):
+                for i, piece in enumerate(self.script(len(self.requests))):
+                    if i == self.stall_after:
+                        await asyncio.sleep(3600)
                     writer.write(piece)
                     await writer.drain()
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(self.gap_s)
                 if self.close_after:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -194,6 +198,26 @@ async def test_stalled_server_times_out(served: Callable[..., asyncio.Future[Str
     with pytest.raises(ConnectionFailed, match="TimeoutError"):
         await body(pool)
     assert time.monotonic() - started < 2
+
+
+async def test_a_body_that_stalls_times_out(
+    served: Callable[..., asyncio.Future[StreamPool]],
+) -> None:
+    pool = await served(RawServer(lambda _: CHUNKED, stall_after=3), read_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="TimeoutError"):
+        await body(pool)
+    assert time.monotonic() - started < 2
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # the timer's cancel was taken back
+
+
+async def test_the_read_timeout_bounds_each_gap_not_the_whole_body(
+    served: Callable[..., asyncio.Future[StreamPool]],
+) -> None:
+    # A gap of 0.1 s after each of the five writes, 0.5 s in all, under a 0.3 s read timeout.
+    pool = await served(RawServer(lambda _: CHUNKED, gap_s=0.1), read_timeout=0.3)
+    assert await body(pool) == b'data: {"a": 1}\n\ndata: [DONE]\n\n'
 
 
 async def test_cut_inside_the_body_fails(served: Callable[..., asyncio.Future[StreamPool]]) -> None:
