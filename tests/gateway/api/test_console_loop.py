@@ -253,6 +253,19 @@ async def _axe(page: Any) -> list[str]:
     return found
 
 
+async def _signed_in(browser: Any, gateway: Any, viewport: dict[str, int]) -> tuple[Any, list[str]]:
+    """A signed-in page at this size, and the Content Security Policy reports it will collect
+    (the strict CSP must hold: nothing inline, nothing from elsewhere)."""
+    page = await console._page(browser, gateway, viewport)
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    await console._sign_in(page, gateway)
+    return page, blocked
+
+
 LAYOUTS: dict[str, dict[str, Any]] = {}  # measured widths, printed with -s (docs/console.md)
 
 
@@ -263,13 +276,7 @@ async def test_the_loop_from_the_console(browser: Any, gateway: Gateway, size: s
     viewport = DESKTOP if size == "desktop" else PHONE
     tenant = f"shop-{size}"
     name = f"{tenant}/support"
-    page = await console._page(browser, gateway, viewport)  # type: ignore[arg-type]
-    blocked: list[str] = []  # the strict CSP must hold: nothing inline, nothing from elsewhere
-    page.on(
-        "console",
-        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    await console._sign_in(page, gateway)  # type: ignore[arg-type]
+    page, blocked = await _signed_in(browser, gateway, viewport)
     message = page.locator("#message")
     view = page.locator("#view")
     dialog = page.locator("dialog")

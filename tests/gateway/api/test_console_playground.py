@@ -64,13 +64,7 @@ async def test_chat_in_the_playground_and_give_feedback_as_a_user_would(
     viewport = console.DESKTOP if size == "desktop" else console.PHONE
     tenant = f"play-{size}"
     await _tenant_with_a_candidate(gateway, tenant)
-    page = await console._page(browser, gateway, viewport)  # type: ignore[arg-type]
-    blocked: list[str] = []
-    page.on(
-        "console",
-        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    await console._sign_in(page, gateway)  # type: ignore[arg-type]
+    page, blocked = await loop._signed_in(browser, gateway, viewport)
     message = page.locator("#message")
 
     await page.locator("nav button[data-view=playground]").click()
