@@ -143,7 +143,8 @@ function nextRound(ctx, detail) {
           settings,
           ").",
         ),
-        n.lines.length ? el("details", {}, el("summary", {}, "The dry run"), el("pre", {}, n.lines.join("\n"))) : null,
+        // Spread, not null: replaceChildren (unlike el) would write a null as the text "null".
+        ...(n.lines.length ? [el("details", {}, el("summary", {}, "The dry run"), el("pre", {}, n.lines.join("\n")))] : []),
       );
     } catch (err) {
       body.replaceChildren(el("p", { className: "note" }, `The plan could not be worked out: ${err.message}`));

@@ -247,6 +247,12 @@ async def test_a_round_run_from_the_cli_shows_its_curves_and_gate_then_promote_a
         v2.get_by_role("link", name=f"round {trained['id']}, which produced @2")
     ).to_be_visible()
 
+    # Every edit went into that round, so the next one has nothing to train on (and the page
+    # says only that: an empty dry run once showed as the word "null").
+    plan = page.locator("#next-round")
+    await expect(plan).to_contain_text("No round could start now")
+    assert "null" not in await plan.inner_text()
+
     # The round's training curves: the log the round stored, drawn, described and tabled.
     curves = page.locator("#chart-training")
     await expect(curves.get_by_label("Round").locator("option")).to_have_text(
