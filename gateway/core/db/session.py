@@ -68,11 +68,16 @@ def _no_nul(
     """PostgreSQL text cannot hold U+0000, and a model or a client can produce it: a completion
     whose answer contained one failed its insert and was spooled forever.  Every text parameter
     has NUL replaced by U+FFFD, in writes and in lookups alike, so both still match."""
-    if executemany:
-        return statement, [tuple(_clean(v) for v in row) for row in parameters]
+    return statement, _clean_all(parameters)
+
+
+def _clean_all(parameters: Any) -> Any:
+    """Every string in ``parameters``, however they are nested: one row's values, a list of
+    rows (executemany), or one flat tuple of several rows' values, which is what SQLAlchemy's
+    insertmanyvalues batching hands asyncpg with ``executemany`` still set."""
     if isinstance(parameters, tuple | list):
-        return statement, type(parameters)(_clean(v) for v in parameters)
-    return statement, parameters
+        return type(parameters)(_clean_all(v) for v in parameters)
+    return _clean(parameters)
 
 
 class Database:
