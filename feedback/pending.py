@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.core.redis import failed, redis_client
+from gateway.core.redis import TIMEOUT_S, failed, redis_client
 
 log = logging.getLogger("flywheel.feedback")
 
@@ -23,19 +24,24 @@ log = logging.getLogger("flywheel.feedback")
 class SharedPending:
     def __init__(
         self,
-        url: str,
+        url: str | Redis,
         *,
         ttl_s: float,
         key_prefix: str = "flywheel:pending:",
-        timeout_s: float = 0.5,
+        timeout_s: float = TIMEOUT_S,
         max_connections: int = 256,
         pool_timeout_s: float = 2.0,
     ) -> None:
-        self._redis = redis_client(
-            url,
-            timeout_s=timeout_s,
-            max_connections=max_connections,
-            pool_timeout_s=pool_timeout_s,
+        self._owns = isinstance(url, str)  # given a client, its owner closes it
+        self._redis = (
+            redis_client(
+                url,
+                timeout_s=timeout_s,
+                max_connections=max_connections,
+                pool_timeout_s=pool_timeout_s,
+            )
+            if isinstance(url, str)
+            else url
         )
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._prefix = key_prefix
@@ -69,4 +75,5 @@ class SharedPending:
     async def close(self) -> None:
         if self._marks:
             await asyncio.gather(*self._marks, return_exceptions=True)
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()

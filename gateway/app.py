@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from adapters.base_models import resolve_base
 from adapters.promotion import Promoter
@@ -33,6 +34,7 @@ from gateway.core.db.session import Database
 from gateway.core.logs import configure_logging
 from gateway.core.ratelimit import InMemoryRateLimiter, RateLimiter
 from gateway.core.ratelimit_redis import RedisRateLimiter
+from gateway.core.redis import redis_client
 from gateway.engine.base import Engine
 from gateway.engine.vllm import VLLMEngine
 from gateway.services.bootstrap import demo_bootstrap, print_demo_keys
@@ -55,14 +57,9 @@ async def build_engine(settings: Settings, db: Database) -> Engine:
     return EmbeddedEngine.from_settings(settings, base.path, base.name, verifier=verifier)
 
 
-def build_limiter(settings: Settings) -> RateLimiter:
-    if settings.redis_url:
-        return RedisRateLimiter(
-            settings.redis_url,
-            fail_open=settings.rate_limit_fail_open,
-            max_connections=settings.redis_max_connections,
-            pool_timeout_s=settings.redis_pool_timeout_s,
-        )
+def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
+    if redis is not None:
+        return RedisRateLimiter(redis, fail_open=settings.rate_limit_fail_open)
     return InMemoryRateLimiter()
 
 
@@ -83,16 +80,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         flush_interval_s=settings.log_flush_interval_s,
         claim_spool=True,  # one spool per worker process (flywheel serve --workers)
     )
-    limiter = build_limiter(settings)
-    pending = (
-        SharedPending(
+    # One Redis client (one bounded pool) for the rate limiter and the pending marks.
+    redis = (
+        redis_client(
             settings.redis_url,
-            ttl_s=settings.pending_completion_ttl_s,
             max_connections=settings.redis_max_connections,
             pool_timeout_s=settings.redis_pool_timeout_s,
         )
         if settings.redis_url
         else None
+    )
+    limiter = build_limiter(settings, redis)
+    pending = (
+        SharedPending(redis, ttl_s=settings.pending_completion_ttl_s) if redis is not None else None
     )
     try:
         await engine.start()
@@ -124,6 +124,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await limiter.close()
         if pending is not None:
             await pending.close()
+        if redis is not None:
+            await redis.aclose()
         await db.close()
         metrics.process_exited()
 

@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     )
     redis_max_connections: int = _f(
         256,
-        "Connections per gateway process to Redis, for the rate limiter and for pending marks "
-        "each; past it a call waits for a free one (back-pressure) instead of failing.",
+        "Connections per gateway process to Redis (one pool, shared by the rate limiter and the "
+        "pending marks); past it a call waits for a free one (back-pressure) instead of failing.",
     )
     redis_pool_timeout_s: float = _f(
         2.0,

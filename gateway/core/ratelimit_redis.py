@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.core.errors import RateLimited, ServiceUnavailable
 from gateway.core.ratelimit import Limits, Quota
-from gateway.core.redis import failed, redis_client
+from gateway.core.redis import TIMEOUT_S, failed, redis_client
 
 log = logging.getLogger("flywheel.ratelimit")
 
@@ -94,21 +95,27 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        url: str,
+        url: str | Redis,
         *,
         fail_open: bool = True,
         key_prefix: str = "flywheel:rl:",
-        timeout_s: float = 0.5,
+        timeout_s: float = TIMEOUT_S,
         max_connections: int = 256,
         pool_timeout_s: float = 2.0,
     ) -> None:
         # Short socket timeouts: a slow or absent Redis must cost a request milliseconds, not
-        # seconds; a busy pool makes callers wait their turn (gateway/core/redis.py).
-        self._redis = redis_client(
-            url,
-            timeout_s=timeout_s,
-            max_connections=max_connections,
-            pool_timeout_s=pool_timeout_s,
+        # seconds; a busy pool makes callers wait their turn (gateway/core/redis.py).  Given a
+        # client (the lifespan shares one with the pending marks), its owner closes it.
+        self._owns = isinstance(url, str)
+        self._redis = (
+            redis_client(
+                url,
+                timeout_s=timeout_s,
+                max_connections=max_connections,
+                pool_timeout_s=pool_timeout_s,
+            )
+            if isinstance(url, str)
+            else url
         )
         self._acquire = self._redis.register_script(ACQUIRE)
         self._settle = self._redis.register_script(SETTLE)
@@ -152,7 +159,8 @@ class RedisRateLimiter:
             self._warn(f"rate-limit settlement for {tenant_id} lost, Redis unreachable: {exc}")
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()
 
     def _unreachable(self, exc: Exception) -> None:
         if not self.fail_open:

@@ -13,9 +13,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway.core import metrics
 
+# Socket timeouts: a slow or absent Redis must cost a request milliseconds, not seconds.
+TIMEOUT_S = 0.5
+
 
 def redis_client(
-    url: str, *, timeout_s: float, max_connections: int, pool_timeout_s: float
+    url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int, pool_timeout_s: float
 ) -> Redis:
     pool = BlockingConnectionPool.from_url(
         url,
