@@ -21,6 +21,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.core.db.models import Completion
 from gateway.state import AppState
+from tests.gateway.api.socket_gateway import gateway_before, reply
 from tools.harness import make_settings, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,10 +41,10 @@ class HoldingUpstream:
         path = scope["path"]
         if path == "/v1/models":
             cards = [{"id": "demo-base", "object": "model", "root": "demo-base", "parent": None}]
-            await self._reply(send, 200, {"object": "list", "data": cards})
+            await reply(send, 200, {"object": "list", "data": cards})
         elif path == "/v1/unload_lora_adapter":
             err = {"message": "cannot be found", "type": "NotFoundError", "code": 404}
-            await self._reply(send, 404, {"error": err})
+            await reply(send, 404, {"error": err})
         elif path == "/v1/chat/completions":
             headers = [(b"content-type", b"text/event-stream")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -54,59 +55,37 @@ class HoldingUpstream:
                 pass
             self.caller_left.set()
         else:  # /health
-            await self._reply(send, 200, {})
-
-    @staticmethod
-    async def _reply(send: Any, status: int, obj: object) -> None:
-        body = json.dumps(obj).encode()
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            await reply(send, 200, {})
 
 
 async def test_hanging_up_mid_stream_cancels_the_upstream_call(
     tmp_path: Path, demo_base: Path
 ) -> None:
     upstream = HoldingUpstream()
-    async with serve_on_socket(upstream) as upstream_url:
-        settings = make_settings(
-            tmp_path,
-            f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}",
-            demo_base,
-            engine="vllm",
-            vllm_urls=upstream_url,
-        )
-        app = create_app(settings)
-        async with (
-            serve_on_socket(app) as gateway_url,
-            httpx.AsyncClient(base_url=gateway_url, timeout=10) as client,
-        ):
-            assert (await client.get("/healthz")).status_code == 200  # the lifespan has run
-            state: AppState = app.state.flywheel
-            tenant = await seed_tenant(state.db, settings, "acme", {})
-            async with client.stream(
-                "POST",
-                "/v1/chat/completions",
-                headers={"authorization": f"Bearer {tenant.key}"},
-                json={
-                    "model": "demo-base",
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "stream": True,
-                },
-            ) as response:
-                assert response.status_code == 200
-                completion_id = response.headers["x-flywheel-completion-id"]
-                async for line in response.aiter_lines():
-                    if "Hello" in line:
-                        break  # leaving the block closes the connection mid-stream
-            await asyncio.wait_for(upstream.caller_left.wait(), timeout=10)
-            assert await state.completions.flush(timeout=10)
-            async with state.db.session() as session:
-                row = (
-                    await session.execute(select(Completion).where(Completion.id == completion_id))
-                ).scalar_one()
-            assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
-            assert row.response_text == "Hello"
+    async with gateway_before(upstream, tmp_path, demo_base) as gw:
+        async with gw.client.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {gw.key}"},
+            json={
+                "model": "demo-base",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        ) as response:
+            assert response.status_code == 200
+            completion_id = response.headers["x-flywheel-completion-id"]
+            async for line in response.aiter_lines():
+                if "Hello" in line:
+                    break  # leaving the block closes the connection mid-stream
+        await asyncio.wait_for(upstream.caller_left.wait(), timeout=10)
+        assert await gw.state.completions.flush(timeout=10)
+        async with gw.state.db.session() as session:
+            row = (
+                await session.execute(select(Completion).where(Completion.id == completion_id))
+            ).scalar_one()
+        assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
+        assert row.response_text == "Hello"
 
 
 async def test_a_client_that_gives_up_on_a_non_streamed_answer_stops_the_generation(
