@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -10,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.api.deps import METRICS_TOKEN, StateDep, bearer_token
 from gateway.core import metrics as m
-from gateway.core.admin_tokens import check_admin_token
+from gateway.core.admin_tokens import check_admin_token, matches_configured
 
 router = APIRouter(tags=["health"])
 
@@ -46,10 +45,7 @@ async def metrics_reader(request: Request, state: StateDep) -> None:
     traffic, so it takes the metrics token (checked without the database, so scrapes keep
     working through an outage) or an admin token, and refuses tenant keys and anonymous calls."""
     token = bearer_token(request, METRICS_TOKEN)
-    configured = state.settings.metrics_token
-    if configured is not None and hmac.compare_digest(
-        token.encode(), configured.get_secret_value().encode()
-    ):
+    if matches_configured(token, state.settings.metrics_token):
         return
     async with state.db.session() as session:
         await check_admin_token(session, state.settings, token)

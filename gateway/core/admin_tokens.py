@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,12 +35,16 @@ async def rotate_admin_tokens(session: AsyncSession) -> tuple[AdminToken, str]:
     return await create_admin_token(session)
 
 
+def matches_configured(secret: str, configured: SecretStr | None) -> bool:
+    """``secret`` is the token set in the environment (compared in constant time)."""
+    return configured is not None and hmac.compare_digest(
+        secret.encode(), configured.get_secret_value().encode()
+    )
+
+
 async def check_admin_token(session: AsyncSession, settings: Settings, secret: str) -> str:
     """Return the actor name for a valid admin token; raise AuthenticationError otherwise."""
-    configured = settings.admin_token
-    if configured is not None and hmac.compare_digest(
-        secret.encode(), configured.get_secret_value().encode()
-    ):
+    if matches_configured(secret, settings.admin_token):
         return "admin:env"
     row = await session.scalar(
         select(AdminToken).where(AdminToken.token_hash == hash_secret(secret))
