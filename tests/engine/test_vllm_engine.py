@@ -26,7 +26,7 @@ from gateway.core.config import Settings
 from gateway.core.errors import AdapterLoadRefused, EngineError, EngineUnavailable, InvalidRequest
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest, SamplingParams
 from gateway.engine.vllm import VLLMEngine
-from gateway.engine.vllm_client import parse_error
+from gateway.engine.vllm_client import parse_error, sse_events
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -262,6 +262,18 @@ async def test_error_envelopes_both_versions() -> None:
     )
     assert parse_error(route).route_missing
     assert parse_error(text).message == "Internal Server Error"
+
+
+async def test_events_are_read_as_the_standard_library_reads_them() -> None:
+    # orjson refuses an escaped lone surrogate, which json reads (and a replica may send).
+    events = [b'{"choices": [{"index": 0, "text": "\\ud800 \\u00e9"}]}', b'{"usage": null}']
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            yield b"data: " + event + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    assert [e async for e in sse_events(body(), "u")] == [json.loads(e) for e in events]
 
 
 async def test_stream_relay_carries_usage_on_the_last_chunk(tmp_path: Path) -> None:
