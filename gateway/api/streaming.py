@@ -11,7 +11,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-# Events held for one write at most: a bound on the memory and on the delay of the first one.
+# Events held for one write at most, and relayed between two turns of the event loop.
 _MAX_HELD = 64
 
 
@@ -145,6 +145,9 @@ class EventStreamResponse(StreamingResponse):
             if len(held) >= _MAX_HELD:
                 await send(_body("".join(held)))
                 held.clear()
+                # A read that held a whole answer would otherwise keep the loop until all of
+                # it is relayed, while other streams' first chunks wait.
+                await asyncio.sleep(0)
         await send(_body("".join(held), more=False))
 
     async def _write_parked(self, send: Send, message: Message, step: _Step) -> None:

@@ -66,6 +66,28 @@ async def test_events_ready_together_go_out_in_one_write_each_event_whole() -> N
     assert server.ended
 
 
+async def test_a_long_burst_is_written_in_parts_between_turns_of_the_loop() -> None:
+    """A read that holds a whole answer does not keep the loop from other streams."""
+    turns: list[int] = []
+    server = Server()
+
+    async def other_stream() -> None:
+        while True:
+            turns.append(len(server.writes))
+            await asyncio.sleep(0)
+
+    async def events() -> AsyncGenerator[str, None]:
+        for i in range(200):
+            yield f"data: {i}\n\n"
+
+    other = asyncio.create_task(other_stream())
+    await asyncio.sleep(0)
+    await EventStreamResponse(events())(SCOPE, server.receive, server.send)
+    other.cancel()
+    assert [w.count(b"data: ") for w in server.writes] == [64, 64, 64, 8]
+    assert {1, 2, 3} <= set(turns)  # it ran between the writes
+
+
 async def test_the_first_event_is_not_held_back() -> None:
     written_before_wait: list[int] = []
     server = Server()
