@@ -373,9 +373,16 @@ def _flywheel_env(env: dict[str, str], data_dir: Path, up_url: str, port: int) -
 
 
 def _start_flywheel(
-    stack: ExitStack, name: str, tree: Path, env: dict[str, str], root: Path, port: int
+    stack: ExitStack,
+    name: str,
+    tree: Path,
+    env: dict[str, str],
+    root: Path,
+    port: int,
+    workers: int = 1,
 ) -> tuple[str, dict[str, str], int]:
-    """``flywheel serve`` from the source tree ``tree`` (its own data directory and tenant)."""
+    """``flywheel serve [--workers N]`` from the source tree ``tree`` (its own data directory
+    and tenant)."""
     py = sys.executable
     key = subprocess.run(
         [py, "-m", "gateway.cli.main", "tenants", "create", "bench"],
@@ -387,7 +394,13 @@ def _start_flywheel(
     ).stdout.strip()
     log = root / f"{name}.log"
     proc = stack.enter_context(
-        _process([py, "-m", "gateway.cli.main", "serve"], env, log, cwd=tree)
+        _process(
+            [py, "-m", "gateway.cli.main", "serve"]
+            + (["--workers", str(workers)] if workers != 1 else []),
+            env,
+            log,
+            cwd=tree,
+        )
     )
     wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, log)
     return f"http://127.0.0.1:{port}", {"authorization": f"Bearer {key}"}, proc.pid

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,13 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
-from bench.bench_gateway_overhead import BASE, _flywheel_env, _process, cpu_seconds
+from bench.bench_gateway_overhead import (
+    BASE,
+    _flywheel_env,
+    _process,
+    _start_flywheel,
+    cpu_seconds,
+)
 from tools.harness import REPO, free_port, wait_until_up
 
 TOKENS = 256
@@ -409,27 +414,6 @@ def ratios(rows: list[Row]) -> list[str]:
     return out
 
 
-def _start(
-    stack: ExitStack, name: str, tree: Path, env: dict[str, str], root: Path, workers: int
-) -> tuple[tuple[str, dict[str, str]], int]:
-    """``flywheel serve --workers N`` from the source tree ``tree``, with a tenant of its own."""
-    py = sys.executable
-    key = subprocess.run(
-        [py, "-m", "gateway.cli.main", "tenants", "create", "bench"],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    log = root / f"{name}.log"
-    cmd = [py, "-m", "gateway.cli.main", "serve", "--workers", str(workers)]
-    proc = stack.enter_context(_process(cmd, env, log, cwd=tree))
-    url = f"http://127.0.0.1:{env['FLYWHEEL_PORT']}"
-    wait_until_up(f"{url}/readyz", proc, log)
-    return (url, {"authorization": f"Bearer {key}"}), proc.pid
-
-
 def run(before: Path | None, workers: int, repeats: int, scale: float) -> str:
     root = Path(tempfile.mkdtemp(prefix="fw-bench-relay-"))
     up_port = free_port()
@@ -446,7 +430,8 @@ def run(before: Path | None, workers: int, repeats: int, scale: float) -> str:
         for name, tree in trees.items():
             port = free_port()
             fw_env = _flywheel_env(env, root / name, up_url, port)
-            targets[name], pids[name] = _start(stack, name, tree, fw_env, root, workers)
+            url, auth, pids[name] = _start_flywheel(stack, name, tree, fw_env, root, port, workers)
+            targets[name] = (url, auth)
         rows = asyncio.run(measure(up_url, targets, pids, repeats, scale))
     notes = [
         f"{TOKENS} tokens per answer; medians of {repeats} interleaved repeats; "
