@@ -150,7 +150,17 @@ async def test_two_workers_never_claim_the_same_round(database_url: str) -> None
         async with dbs[0].transaction() as s:
             ids = [f"round_race_{uuid.uuid4().hex[:8]}" for _ in range(5)]
             for rid in ids:
-                s.add(TrainingRound(id=rid, tenant_id="t", adapter_id=f"a-{rid}", state="queued"))
+                # Older than anything else queued in this shared database, so these are the
+                # ones claimed first whatever rounds earlier tests left behind.
+                s.add(
+                    TrainingRound(
+                        id=rid,
+                        tenant_id="t",
+                        adapter_id=f"a-{rid}",
+                        state="queued",
+                        created_at=datetime(2000, 1, 1, tzinfo=UTC),
+                    )
+                )
         claimed: list[str] = []
         for _ in range(6):
             rows = await asyncio.gather(*(claim(d, f"w{i}") for i, d in enumerate(dbs)))
