@@ -7,7 +7,7 @@ it (``--before TREE`` adds another source tree's gateway beside it, ``--workers 
 ``--workers``).  The same load goes straight to the upstream and through each gateway,
 interleaved (the order rotates each repeat), so drift on this shared machine hits all alike:
 
-* instant: the upstream writes the whole answer at once; 64 clients, back to back;
+* instant: the upstream writes the whole answer at once; 1, 16 and 64 clients, back to back;
 * paced like vLLM: one token per stream every 10 ms (one decode step for every running
   stream), 128 and 256 streams, which offer 100 tok/s each.
 
@@ -55,7 +55,13 @@ TOKENS = 256
 TOKEN_TEXT = " tok"  # counted by the client; in no other field of any event
 PACE_S = 0.010
 # (mode, streams, answers per stream)
-SCENARIOS = (("instant", 64, 4), ("paced", 128, 2), ("paced", 256, 2))
+SCENARIOS = (
+    ("instant", 1, 64),
+    ("instant", 16, 8),
+    ("instant", 64, 4),
+    ("paced", 128, 2),
+    ("paced", 256, 2),
+)
 CLIENT = "asyncio + httptools (llhttp, aiohttp's parser), keep-alive, one stream per connection"
 
 # --- the vLLM-shaped upstream ---------------------------------------------------------------
