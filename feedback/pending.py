@@ -16,7 +16,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.core.redis import TIMEOUT_S, failed, redis_client
+from gateway.core.redis import TIMEOUT_S, failed, own_or_shared
 
 log = logging.getLogger("flywheel.feedback")
 
@@ -32,16 +32,8 @@ class SharedPending:
         max_connections: int = 256,
         pool_timeout_s: float = 2.0,
     ) -> None:
-        self._owns = isinstance(url, str)  # given a client, its owner closes it
-        self._redis = (
-            redis_client(
-                url,
-                timeout_s=timeout_s,
-                max_connections=max_connections,
-                pool_timeout_s=pool_timeout_s,
-            )
-            if isinstance(url, str)
-            else url
+        self._redis, self._owns = own_or_shared(
+            url, timeout_s=timeout_s, max_connections=max_connections, pool_timeout_s=pool_timeout_s
         )
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._prefix = key_prefix

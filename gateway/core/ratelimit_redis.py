@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from gateway.core.errors import RateLimited, ServiceUnavailable
 from gateway.core.ratelimit import Limits, Quota
-from gateway.core.redis import TIMEOUT_S, failed, redis_client
+from gateway.core.redis import TIMEOUT_S, failed, own_or_shared
 
 log = logging.getLogger("flywheel.ratelimit")
 
@@ -103,19 +103,9 @@ class RedisRateLimiter:
         max_connections: int = 256,
         pool_timeout_s: float = 2.0,
     ) -> None:
-        # Short socket timeouts: a slow or absent Redis must cost a request milliseconds, not
-        # seconds; a busy pool makes callers wait their turn (gateway/core/redis.py).  Given a
-        # client (the lifespan shares one with the pending marks), its owner closes it.
-        self._owns = isinstance(url, str)
-        self._redis = (
-            redis_client(
-                url,
-                timeout_s=timeout_s,
-                max_connections=max_connections,
-                pool_timeout_s=pool_timeout_s,
-            )
-            if isinstance(url, str)
-            else url
+        # A busy pool makes callers wait their turn (gateway/core/redis.py).
+        self._redis, self._owns = own_or_shared(
+            url, timeout_s=timeout_s, max_connections=max_connections, pool_timeout_s=pool_timeout_s
         )
         self._acquire = self._redis.register_script(ACQUIRE)
         self._settle = self._redis.register_script(SETTLE)

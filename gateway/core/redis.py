@@ -30,6 +30,19 @@ def redis_client(
     return Redis(connection_pool=pool)
 
 
+def own_or_shared(
+    url: str | Redis, *, timeout_s: float, max_connections: int, pool_timeout_s: float
+) -> tuple[Redis, bool]:
+    """A client of one's own for a URL, or the given shared one: (client, owned).  Whoever
+    owns a client closes it (the lifespan shares one between the limiter and pending marks)."""
+    if isinstance(url, Redis):
+        return url, False
+    client = redis_client(
+        url, timeout_s=timeout_s, max_connections=max_connections, pool_timeout_s=pool_timeout_s
+    )
+    return client, True
+
+
 def failed(operation: str) -> None:
     """Count a Redis call that failed (``operation``: acquire, settle, mark, check)."""
     metrics.REDIS_ERRORS.labels(operation).inc()
