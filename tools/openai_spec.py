@@ -1,7 +1,8 @@
 """Cut the response schemas the gateway answers with out of OpenAI's own OpenAPI spec.
 
 The spec (github.com/openai/openai-openapi, MIT) is 3.4 MB; the tests need a few dozen of its
-component schemas, with everything they reference.  This writes that closure, as JSON Schema
+component schemas, with everything they reference (the Responses API's response object
+references every output item type, hence most of the file).  This writes that closure, as JSON Schema
 2020-12 (the spec's ``nullable: true``, an OpenAPI 3.0 keyword it still uses, becomes a union
 with ``null``), to ``tests/gateway/api/spec/openai-responses.json`` with the spec's commit.
 
@@ -25,6 +26,22 @@ ROOTS = (
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    # The Responses API: the response object and the stream events the gateway writes.
+    "Response",
+    "ResponseCreatedEvent",
+    "ResponseInProgressEvent",
+    "ResponseOutputItemAddedEvent",
+    "ResponseContentPartAddedEvent",
+    "ResponseTextDeltaEvent",
+    "ResponseTextDoneEvent",
+    "ResponseContentPartDoneEvent",
+    "ResponseFunctionCallArgumentsDeltaEvent",
+    "ResponseFunctionCallArgumentsDoneEvent",
+    "ResponseOutputItemDoneEvent",
+    "ResponseCompletedEvent",
+    "ResponseIncompleteEvent",
+    "ResponseFailedEvent",
+    "ResponseErrorEvent",
 )
 PREFIX = "#/components/schemas/"
 
