@@ -57,8 +57,10 @@ class GenerationRequest:
     """Exactly one of ``messages`` (chat) or ``prompt`` (text completion) is set.
 
     ``extra`` holds request fields an engine passes on as the client sent them (vLLM:
-    ``response_format``, ``continue_final_message``, ``add_generation_prompt``); the gateway
-    sets one only when the engine's :class:`Capabilities` name it.
+    ``response_format``, ``continue_final_message``, ``add_generation_prompt``, ``n``,
+    ``logprobs``, ``top_logprobs``, ``tools``, ``tool_choice``, ``echo``, and ``prompt`` when it
+    is a list of prompts or token ids); the gateway sets one only when the engine's
+    :class:`Capabilities` name it.
     """
 
     request_id: str
@@ -69,14 +71,52 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log probability and the most likely alternatives at its position.
+
+    ``logprob`` is None only for an echoed prompt's first token, which has nothing before it.
+    """
+
+    token: str
+    logprob: float | None
+    bytes: list[int] | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call, OpenAI's streamed shape: the first piece of call ``index``
+    has its ``id`` and ``name``, the rest more ``arguments`` (JSON text, split anywhere)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass
 class GenerationChunk:
-    """A delta of generated text.  The last chunk has ``finish_reason`` set ("stop" | "length")."""
+    """A delta of one choice.  Each choice ends with one chunk whose ``finish_reason`` is set
+    ("stop" | "length" | "tool_calls"); ``index`` is OpenAI's choice index (several with ``n``
+    or a list of prompts; 0 otherwise).  Token counts are the whole request's so far."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 @dataclass(frozen=True)

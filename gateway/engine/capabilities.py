@@ -32,12 +32,18 @@ EMBEDDED = Capabilities("embedded", SAMPLING_EXTRAS, dora=True)
 
 # What vllm.upstream_body passes through, checked against vLLM's entrypoints/openai protocol
 # (ChatCompletionRequest, CompletionRequest) and SamplingParams: vLLM honours each of these and
-# validates their values itself (a 400 relayed with its message).  The rest (tools, n,
-# logprobs, echo, ...) needs response shapes the gateway does not build yet: refused.  vLLM's
-# LoRA loader refuses DoRA ("vLLM does not yet support DoRA").
+# validates their values itself (a 400 relayed with its message); vllm_client.relay reads back
+# what they add to the answer (several choices, logprobs, tool-call deltas, the echoed prompt)
+# and responses.Shape writes it in OpenAI's shapes.  "prompt" stands for a list of prompts or
+# token-id prompts.  Tool calls with tool_choice "auto" need the replica started with a
+# tool-call parser (`flywheel engine vllm` sets one).  Still refused: best_of (vLLM 0.32 has no
+# such field), suffix (only for fill-in-the-middle models), the legacy functions/function_call.
+# vLLM's LoRA loader refuses DoRA ("vLLM does not yet support DoRA").
 VLLM = Capabilities(
     "vLLM",
-    SAMPLING_EXTRAS | {"response_format", "continue_final_message", "add_generation_prompt"},
+    SAMPLING_EXTRAS
+    | {"response_format", "continue_final_message", "add_generation_prompt"}
+    | {"n", "logprobs", "top_logprobs", "tools", "tool_choice", "echo", "prompt"},
 )
 
 

@@ -395,7 +395,7 @@ class VLLMEngine:
             sent = False
             try:
                 body["model"] = name if name is not None else replica.base_name
-                chunks = relay(replica.client.stream(kind, body), kind)
+                chunks = relay(replica.client.stream(kind, body), kind, int(body.get("n", 1)))
                 guarded = unless_down(chunks, replica)
                 async with contextlib.aclosing(chunks), contextlib.aclosing(guarded):
                     async for chunk in guarded:

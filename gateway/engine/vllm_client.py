@@ -28,7 +28,13 @@ import httpx
 import orjson
 
 from gateway.core.errors import EngineError
-from gateway.engine.base import GenerationChunk, GenerationRequest
+from gateway.engine.base import (
+    GenerationChunk,
+    GenerationRequest,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+)
 from gateway.engine.vllm_http import ConnectionFailed, StreamPool
 
 Kind = Literal["chat", "text"]
@@ -286,7 +292,8 @@ def upstream_body(request: GenerationRequest) -> dict[str, Any]:
 
     Sampling extras go under vLLM's names (entrypoints/openai ``ChatCompletionRequest`` and
     ``CompletionRequest`` take the same ones), and only when they differ from vLLM's defaults;
-    ``request.extra`` (response_format, chat-template flags) is passed as the client sent it.
+    ``request.extra`` (response_format, chat-template flags, n, logprobs, tools, echo, a list
+    of prompts) is passed as the client sent it.
     """
     s = request.sampling
     body: dict[str, Any] = {
@@ -317,49 +324,120 @@ def upstream_body(request: GenerationRequest) -> dict[str, Any]:
         body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
     if s.min_tokens:
         body["min_tokens"] = s.min_tokens
-    body.update(request.extra)
     if request.messages is not None:
         body["messages"] = request.messages
     else:
         body["prompt"] = request.prompt
+    body.update(request.extra)  # a list of prompts replaces the one text
     return body
 
 
 async def relay(
-    events: AsyncGenerator[dict[str, Any], None], kind: Kind
+    events: AsyncGenerator[dict[str, Any], None], kind: Kind, n: int = 1
 ) -> AsyncGenerator[GenerationChunk, None]:
-    """Upstream SSE events -> GenerationChunks; usage (sent after the finish) joins the last."""
-    finish: str | None = None
-    tail = ""
+    """Upstream SSE events -> GenerationChunks.
+
+    Each choice's finish is held back to the end of the stream, where the usage (sent after
+    the last finish) joins it: one finish chunk per choice, in index order.  ``n`` maps a
+    choice to its prompt (index // n), for the running counts: vLLM's continuous usage is per
+    choice (completion tokens) and per prompt (prompt tokens), summed here over the request.
+    """
+    finishes: dict[int, str] = {}
     usage: dict[str, Any] | None = None
+    completion_tokens: dict[int, int] = {}  # choice index -> tokens so far
+    prompt_tokens: dict[int, int] = {}  # prompt index -> its tokens
     async with contextlib.aclosing(events):
         async for event in events:
             error = event.get("error")
             if isinstance(error, dict):
                 raise EngineError(f"vLLM: {error.get('message', error)}")
-            if event.get("usage"):
-                usage = event["usage"]
-            for choice in event.get("choices") or ():
-                if kind == "chat":
-                    text = (choice.get("delta") or {}).get("content") or ""
-                else:
-                    text = choice.get("text") or ""
+            choices = event.get("choices") or ()
+            counts = event.get("usage")
+            if counts and not choices:
+                usage = counts  # the request's totals, after the last finish
+            for choice in choices:
+                index = int(choice.get("index") or 0)
+                if counts:
+                    completion_tokens[index] = int(counts.get("completion_tokens", 0))
+                    prompt_tokens[index // max(n, 1)] = int(counts.get("prompt_tokens", 0))
+                chunk = _choice_chunk(choice, kind, index)
                 reason = choice.get("finish_reason")
                 if reason is not None:
-                    finish, tail = reason, tail + text
-                elif text:
-                    counts = usage or {}
-                    yield GenerationChunk(
-                        text,
-                        prompt_tokens=int(counts.get("prompt_tokens", 0)),
-                        completion_tokens=int(counts.get("completion_tokens", 0)),
-                    )
-    if finish is None:
+                    finishes[index] = reason
+                if chunk is not None:
+                    chunk.prompt_tokens = sum(prompt_tokens.values())
+                    chunk.completion_tokens = sum(completion_tokens.values())
+                    yield chunk
+    if not finishes:
         raise ReplicaDown("the upstream stream ended without a finish_reason")
-    usage = usage or {}
-    yield GenerationChunk(
-        tail,
-        finish_reason=finish,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
+    total = usage or {}
+    for index in sorted(finishes):
+        yield GenerationChunk(
+            "",
+            finish_reason=finishes[index],
+            prompt_tokens=int(total.get("prompt_tokens", sum(prompt_tokens.values()))),
+            completion_tokens=int(total.get("completion_tokens", sum(completion_tokens.values()))),
+            index=index,
+        )
+
+
+def _choice_chunk(choice: dict[str, Any], kind: Kind, index: int) -> GenerationChunk | None:
+    """One upstream choice's text, logprobs and tool-call pieces; None when it has none."""
+    if kind == "chat":
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        tool_calls = [_tool_call(c) for c in delta.get("tool_calls") or ()] or None
+        logprobs = _chat_logprobs(choice.get("logprobs"))
+    else:
+        text = choice.get("text") or ""
+        tool_calls = None
+        logprobs = _text_logprobs(choice.get("logprobs"))
+    if not text and not tool_calls and not logprobs:
+        return None
+    return GenerationChunk(text, index=index, logprobs=logprobs, tool_calls=tool_calls)
+
+
+def _tool_call(delta: dict[str, Any]) -> ToolCallDelta:
+    function = delta.get("function") or {}
+    return ToolCallDelta(
+        index=int(delta.get("index") or 0),
+        id=delta.get("id"),
+        name=function.get("name"),
+        arguments=function.get("arguments") or "",
     )
+
+
+def _chat_logprobs(logprobs: dict[str, Any] | None) -> list[TokenLogprob] | None:
+    """vLLM's chat logprobs (OpenAI's ``logprobs.content``)."""
+    if not logprobs or not logprobs.get("content"):
+        return None
+    return [
+        TokenLogprob(
+            token=item["token"],
+            logprob=item["logprob"],
+            bytes=item.get("bytes"),
+            top=tuple(
+                TopLogprob(top["token"], top["logprob"], top.get("bytes"))
+                for top in item.get("top_logprobs") or ()
+            ),
+        )
+        for item in logprobs["content"]
+    ]
+
+
+def _text_logprobs(logprobs: dict[str, Any] | None) -> list[TokenLogprob] | None:
+    """vLLM's /v1/completions logprobs (parallel lists; the offsets are recomputed when the
+    answer is written, from the tokens' lengths, as vLLM computes them)."""
+    if not logprobs or not logprobs.get("tokens"):
+        return None
+    tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+    return [
+        TokenLogprob(
+            token=token,
+            logprob=logprob,
+            top=tuple(TopLogprob(t, lp) for t, lp in (top or {}).items()),
+        )
+        for token, logprob, top in zip(
+            logprobs["tokens"], logprobs["token_logprobs"], tops, strict=True
+        )
+    ]

@@ -9,7 +9,7 @@ fields are ignored: the SDKs and frameworks send vendor extensions.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -29,6 +29,9 @@ class TextPart(_Lenient):
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    # A conversation with tools sends back the assistant's calls and each tool's answer.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -122,6 +125,10 @@ VLLM_ONLY_NEUTRAL: dict[str, tuple[object, ...]] = {
     "mm_processor_kwargs": (None,),
     "return_tokens_as_token_ids": (None, False),
 }
+
+
+# What a refusal calls a field whose name alone would not say what was asked.
+_REFUSED_WHAT = {"prompt": "A list of prompts or token-id prompts ('prompt')"}
 
 
 class _SamplingRequest(_Lenient):
@@ -238,12 +245,17 @@ class _SamplingRequest(_Lenient):
                 )
         for name in self.requested_fields():
             if name not in capabilities.fields:
+                what = _REFUSED_WHAT.get(name, f"'{name}'")
                 raise InvalidRequest(
-                    f"'{name}' is not supported on this gateway's {capabilities.engine} engine; "
+                    f"{what} is not supported on this gateway's {capabilities.engine} engine; "
                     "docs/api.md lists what each engine honours.",
                     param=name,
                     code="unsupported_parameter",
                 )
+
+    def choices(self) -> int:
+        """How many choices the answer has (OpenAI numbers them 0 to choices - 1)."""
+        return self.n
 
     # --- translation for the engine ---------------------------------------------------------
 
@@ -291,11 +303,18 @@ class _SamplingRequest(_Lenient):
             extra["response_format"] = self.response_format.model_dump(
                 by_alias=True, exclude_none=True
             )
+        if self.n != 1:
+            extra["n"] = self.n
+        if self.logprobs_requested():
+            extra["logprobs"] = self.logprobs
         return extra
 
     def logged_params(self) -> dict[str, Any]:
-        """The parameters stored with the completion row (they shaped the answer)."""
-        return self.model_dump(
+        """The parameters stored with the completion row (they shaped the answer).
+
+        The row holds one answer: the first choice (index 0) when ``n`` or a list of prompts
+        asks for several; ``n`` is stored so the row says so."""
+        params = self.model_dump(
             mode="json",
             by_alias=True,
             include={
@@ -313,9 +332,15 @@ class _SamplingRequest(_Lenient):
                 "logit_bias",
                 "min_tokens",
                 "response_format",
+                "top_logprobs",
             },
             exclude_none=True,
         )
+        if self.n != 1:
+            params["n"] = self.n
+        if self.logprobs_requested():
+            params["logprobs"] = self.logprobs
+        return params
 
     @property
     def include_usage(self) -> bool:
@@ -332,8 +357,10 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
+    # Checked by the engine that honours them (vLLM validates the tools and the choice).
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     # vLLM's chat-template extras.
@@ -374,6 +401,14 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def engine_extra(self) -> dict[str, Any]:
         extra = super().engine_extra()
+        if self.top_logprobs:
+            extra["top_logprobs"] = self.top_logprobs
+        if self.tools:
+            extra["tools"] = self.tools
+            if self.parallel_tool_calls is not None:
+                extra["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.tool_choice is not None and (self.tools or self.tool_choice != "none"):
+            extra["tool_choice"] = self.tool_choice
         if self.continue_final_message:
             extra["continue_final_message"] = True
         if not self.add_generation_prompt:
@@ -382,29 +417,60 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def engine_messages(self) -> list[dict[str, Any]]:
         # "developer" is OpenAI's newer name for "system"; chat templates know "system".
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+        messages: list[dict[str, Any]] = []
+        for m in self.messages:
+            message: dict[str, Any] = {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": m.text(),
+            }
+            if m.tool_calls:
+                message["tool_calls"] = m.tool_calls
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            messages.append(message)
+        return messages
+
+    def logged_params(self) -> dict[str, Any]:
+        params = super().logged_params()
+        if self.tool_choice is not None:
+            params["tool_choice"] = self.tool_choice
+        if self.parallel_tool_calls is not None:
+            params["parallel_tool_calls"] = self.parallel_tool_calls
+        return params
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+def _token_ids(v: object) -> bool:
+    return (
+        isinstance(v, list)
+        and bool(v)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+    )
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: str
+    # One text, several texts, token ids, or several lists of token ids (OpenAI's four forms).
+    prompt: Prompt
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _one_text_prompt(cls, v: object) -> object:
-        # Before pydantic's own union check, whose errors would name "prompt.str".
-        if isinstance(v, list) and not all(isinstance(item, int) for item in v):
-            if len(v) != 1:
-                raise ValueError("exactly one prompt per request is supported")
-            v = v[0]
-        if not isinstance(v, str):
-            raise ValueError("the prompt must be text; token-id prompts are not supported")
-        return v
+    def _prompt_form(cls, v: object) -> object:
+        # Before pydantic's own union check, whose errors would name "prompt.list[int].0".
+        if isinstance(v, str):
+            return v
+        if isinstance(v, list) and v and all(isinstance(p, str) for p in v):
+            return v[0] if len(v) == 1 else v
+        if _token_ids(v) or (isinstance(v, list) and v and all(_token_ids(p) for p in v)):
+            return v
+        raise ValueError(
+            "the prompt must be a text, a list of texts, a list of token ids, or a list of "
+            "lists of token ids (none of them empty)"
+        )
 
     def requested_fields(self) -> list[str]:
         fields = super().requested_fields()
@@ -412,7 +478,51 @@ class CompletionRequest(_SamplingRequest):
             fields.append("echo")
         if self.suffix:
             fields.append("suffix")
+        if not isinstance(self.prompt, str):
+            fields.append("prompt")
         return fields
 
+    def check(self, capabilities: Capabilities) -> None:
+        if self.top_logprobs:
+            # Chat's field; here vLLM (and OpenAI) would drop it without a word.
+            raise InvalidRequest(
+                "'top_logprobs' is a chat field; on /v1/completions 'logprobs' is the number "
+                "of most likely tokens returned.",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+        super().check(capabilities)
+
+    def choices(self) -> int:
+        return self.n * len(self.prompts())
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts as sent: texts, or token-id lists."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if _token_ids(prompt):
+            return [cast(list[int], prompt)]
+        return cast(list[str] | list[list[int]], prompt)
+
     def prompt_text(self) -> str:
-        return self.prompt
+        """The prompt, when it is one text: the only form every engine takes."""
+        return self.prompt if isinstance(self.prompt, str) else ""
+
+    def prompt_chars(self) -> int:
+        """The prompts' length in characters, ~4 per token id, for the rate limit's estimate."""
+        return sum(len(p) if isinstance(p, str) else 4 * len(p) for p in self.prompts())
+
+    def engine_extra(self) -> dict[str, Any]:
+        extra = super().engine_extra()
+        if self.echo:
+            extra["echo"] = True
+        if not isinstance(self.prompt, str):
+            extra["prompt"] = self.prompt
+        return extra
+
+    def logged_params(self) -> dict[str, Any]:
+        params = super().logged_params()
+        if self.echo:
+            params["echo"] = True
+        return params

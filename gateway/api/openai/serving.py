@@ -27,6 +27,7 @@ from feedback.tokens import issue
 from gateway.api.deps import AuthContext
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.responses import (
+    Answer,
     ModelCard,
     Shape,
     Usage,
@@ -65,8 +66,8 @@ class _Call:
     received_at: datetime
     fingerprint: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
+    answers: dict[int, Answer] = field(default_factory=dict)  # by choice index
+    finished: int = 0  # choices that have their finish
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_at: datetime | None = None
@@ -77,18 +78,28 @@ class _Call:
     t_engine: float = 0.0
     t_first: float = 0.0
 
-    def absorb(self, chunk: GenerationChunk) -> None:
-        if self.first_token_at is None and chunk.text:
+    def absorb(self, chunk: GenerationChunk) -> int:
+        """Take ``chunk`` in; returns the text offset its logprob tokens start at."""
+        if self.first_token_at is None and (chunk.text or chunk.tool_calls):
             self.first_token_at = _now()
             self.t_first = time.perf_counter()
-        self.text.append(chunk.text)
+        answer = self.answers.get(chunk.index)
+        if answer is None:
+            answer = self.answers[chunk.index] = Answer(chunk.index)
+        start = answer.add(chunk)
         if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
+            self.finished += 1
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
         elif chunk.completion_tokens:  # running counts: what a cancelled call is charged
             self.prompt_tokens = chunk.prompt_tokens
             self.completion_tokens = chunk.completion_tokens
+        return start
+
+    @property
+    def first(self) -> Answer:
+        """The first choice: what the completion log keeps (docs/api.md says why)."""
+        return self.answers.get(0) or Answer(0)
 
     def usage(self) -> Usage:
         return Usage.of(self.prompt_tokens, self.completion_tokens)
@@ -102,15 +113,20 @@ class _Call:
             chat=self.kind == "chat",
             fingerprint=self.fingerprint,
             usage_chunk=self.body.include_usage,
+            logprobs=self.body.logprobs_requested(),
         )
 
     def log_row(self) -> dict[str, Any]:
         store = self.auth.tenant.store_content
         body = self.body
+        # One prompt and one answer per row: a list of prompts logs the first prompt, and n
+        # choices the first choice (index 0, which answers the first prompt).
         if isinstance(body, ChatCompletionRequest):
             request: dict[str, Any] = {"messages": body.engine_messages()}
+            if body.tools:
+                request["tools"] = body.tools
         else:
-            request = {"prompt": body.prompt_text()}
+            request = {"prompt": body.prompts()[0]}
         params = body.logged_params()
         if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
             params["max_completion_tokens"] = body.max_completion_tokens
@@ -125,8 +141,9 @@ class _Call:
             "adapter_version_id": version.id if version else None,
             "request": request if store else None,
             "params": params,
-            "response_text": "".join(self.text) if store else None,
-            "finish_reason": self.finish_reason,
+            # A choice that only called tools has no text: its finish says "tool_calls".
+            "response_text": self.first.content if store else None,
+            "finish_reason": self.first.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "status": self.status,
@@ -197,9 +214,12 @@ class OpenAIServing:
         auth: AuthContext,
         body: ChatCompletionRequest | CompletionRequest,
         disconnected: Callable[[], Awaitable[None]] | None = None,
+        call_id: str | None = None,
     ) -> Response:
         """``disconnected`` returns once the client has gone (see ``client_gone``): a
-        non-streamed generation is then cancelled, and logged and charged for what it made."""
+        non-streamed generation is then cancelled, and logged and charged for what it made.
+        ``call_id`` replaces the generated completion id (the Responses API's ``resp_...``, so
+        its log row, headers and feedback use the id its client sees)."""
         settings = self.state.settings
         received_at, t_received = _now(), time.perf_counter()  # routing and limits count too
         limits = self._limits(auth)
@@ -222,9 +242,9 @@ class OpenAIServing:
         if isinstance(body, ChatCompletionRequest):
             prompt_chars = sum(len(m["content"]) for m in body.engine_messages())
         else:
-            prompt_chars = len(body.prompt_text())
+            prompt_chars = body.prompt_chars()
         # ~4 characters per token is the usual estimate; real usage is settled afterwards.
-        estimate = prompt_chars // 4 + sampling.max_tokens
+        estimate = prompt_chars // 4 + sampling.max_tokens * body.choices()
         try:
             quota = await self.state.limiter.acquire(auth.tenant.id, limits, estimate)
         except RateLimited:
@@ -234,7 +254,7 @@ class OpenAIServing:
             raise
 
         call = _Call(
-            id=completion_id(kind),
+            id=call_id or completion_id(kind),
             kind=kind,
             auth=auth,
             body=body,
@@ -301,7 +321,7 @@ class OpenAIServing:
         finally:
             await stream.aclose()
         await self._finish(call, limits, None)
-        full = call.shape.full("".join(call.text), call.finish_reason, call.usage())
+        full = call.shape.answers(list(call.answers.values()), call.usage())
         return Response(full.dump(), headers=headers, media_type="application/json")
 
     async def _resolve(self, tenant_id: str, model: str) -> Resolved:
@@ -359,12 +379,34 @@ class OpenAIServing:
                 if isinstance(body, ChatCompletionRequest)
                 else body.prompt_text()
             )
-            fields["response"] = "".join(call.text)
+            fields["response"] = call.first.content
         log.info("completion %s", call.status, extra=fields)
 
-    def _event(self, call: _Call, text: str | None, finish: str | None, role: bool = False) -> str:
+    def _event(
+        self,
+        call: _Call,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        index: int = 0,
+    ) -> str:
         usage = call.usage() if call.body.continuous_usage else None
-        return call.shape.event(text, finish, role=role, usage=usage)
+        return call.shape.event(text, finish, role=role, usage=usage, index=index)
+
+    def _delta_event(self, call: _Call, chunk: GenerationChunk, text_offset: int) -> str:
+        """A chunk's text, logprobs and tool-call pieces, as one event of its choice."""
+        usage = call.usage() if call.body.continuous_usage else None
+        text: str | None = chunk.text
+        if not text and call.kind == "chat":
+            text = None  # a delta of tool-call pieces or logprobs only has no content
+        return call.shape.event(
+            text,
+            usage=usage,
+            index=chunk.index,
+            logprobs=chunk.logprobs,
+            text_offset=text_offset,
+            tool_calls=chunk.tool_calls,
+        )
 
     async def _sse(
         self,
@@ -377,16 +419,22 @@ class OpenAIServing:
         finished = False
         # One write per engine chunk: the events it makes (with the role first, and the
         # finish, usage and [DONE] last) go out together instead of one send each.
-        events = [self._event(call, "", None, role=True)] if call.kind == "chat" else []
+        choices = call.body.choices()
+        events = (
+            [self._event(call, "", None, role=True, index=i) for i in range(choices)]
+            if call.kind == "chat"
+            else []
+        )
         try:
             chunk: GenerationChunk | None = first
             while chunk is not None:
-                call.absorb(chunk)
-                if chunk.text:
-                    events.append(self._event(call, chunk.text, None))
+                start = call.absorb(chunk)
+                if chunk.text or chunk.logprobs or chunk.tool_calls:
+                    events.append(self._delta_event(call, chunk, start))
                 if chunk.finish_reason is not None:
-                    events.append(self._event(call, None, chunk.finish_reason))
-                    break
+                    events.append(self._event(call, None, chunk.finish_reason, index=chunk.index))
+                    if call.finished >= choices:
+                        break
                 if events:
                     yield "".join(events)
                     events.clear()
