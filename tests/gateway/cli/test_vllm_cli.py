@@ -49,7 +49,8 @@ def test_prints_the_command_with_runtime_lora_on(monkeypatch: pytest.MonkeyPatch
     assert line == (
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True /opt/vllm/bin/python -m "
         "vllm.entrypoints.openai.api_server --model org/model --enable-lora --max-loras 2 "
-        "--max-lora-rank 16 --max-cpu-loras 12 --port 8011"
+        "--max-lora-rank 16 --max-cpu-loras 12 --port 8011 "
+        "--enable-auto-tool-choice --tool-call-parser hermes"
     )
 
 
