@@ -1,4 +1,4 @@
-"""Thin routes for /v1/chat/completions, /v1/completions and /v1/models."""
+"""Thin routes for /v1/chat/completions, /v1/completions, /v1/responses and /v1/models."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from gateway.api.body import M, parse_body
 from gateway.api.deps import AuthContext, StateDep, TenantDep, authenticate_request
 from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.responses import ModelCard, ModelList, adapter_model_card, base_model_card
+from gateway.api.openai.responses_api.protocol import ResponsesRequest
+from gateway.api.openai.responses_api.serving import ResponsesServing
 from gateway.api.openai.serving import OpenAIServing, client_gone
 from gateway.core.db.models import Adapter, AdapterVersion
 from gateway.core.errors import FlywheelError
@@ -52,6 +54,15 @@ async def completions(request: Request) -> Response:
     serving = OpenAIServing(state)
     body = await _parse(request, serving, auth, CompletionRequest)
     return await serving.create("text", auth, body, client_gone(request))
+
+
+@completions_router.post("/responses")
+async def responses(request: Request) -> Response:
+    """OpenAI's Responses API, run as a chat completion (responses_api/)."""
+    state, auth = await authenticate_request(request)
+    serving = OpenAIServing(state)
+    body = await _parse(request, serving, auth, ResponsesRequest)
+    return await ResponsesServing(serving).create(auth, body, client_gone(request))
 
 
 async def _parse(request: Request, serving: OpenAIServing, auth: AuthContext, model: type[M]) -> M:
