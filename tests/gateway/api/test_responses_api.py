@@ -406,6 +406,29 @@ async def test_vllm_completes_and_passes_text_format_as_response_format(
     assert deltas(events) == "".join(WORDS)
 
 
+async def test_vllm_gets_function_tools_in_the_chat_shape(
+    vllm_gw: tuple[Gateway, FakeVLLM],
+) -> None:
+    gw, fake = vllm_gw
+    body = {
+        "model": "demo-base",
+        "input": "weather?",
+        "tools": [FUNCTION_TOOL],
+        "tool_choice": {"type": "function", "name": "lookup"},
+        "parallel_tool_calls": False,
+    }
+    r = await gw.raw.post("/v1/responses", json=body, headers=auth(gw.a))
+    assert r.status_code == 200, r.text
+    check("Response", r.json())
+    sent = fake.bodies[-1]
+    function = {"name": "lookup", "parameters": FUNCTION_TOOL["parameters"]}
+    assert sent["tools"] == [{"type": "function", "function": function}]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
+    assert sent["parallel_tool_calls"] is False
+    assert r.json()["tools"] == [{**FUNCTION_TOOL, "strict": None}]
+    assert r.json()["parallel_tool_calls"] is False
+
+
 async def test_vllm_replica_lost_mid_stream_fails_the_response(
     vllm_gw: tuple[Gateway, FakeVLLM],
 ) -> None:
