@@ -573,16 +573,59 @@ async def test_vllm_plain_request_sends_no_extras(
     }
 
 
+async def test_vllm_gets_n_logprobs_tools_echo_and_prompt_lists(
+    vllm_gw: tuple[openai.AsyncOpenAI, FakeVLLM],
+) -> None:
+    """What vLLM honours and the gateway shapes back is passed as the client sent it
+    (tests/e2e/test_vllm_cpu.py checks the answers with the real vLLM)."""
+    client, fake = vllm_gw
+    tools: Any = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    history: Any = [
+        *CHAT,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]  # fmt: skip
+    await client.chat.completions.create(
+        model="demo-base",
+        messages=history,
+        max_tokens=3,
+        n=2,
+        logprobs=True,
+        top_logprobs=4,
+        tools=tools,
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    sent = fake.bodies[-1]
+    assert (sent["n"], sent["logprobs"], sent["top_logprobs"]) == (2, True, 4)
+    assert (sent["tools"], sent["tool_choice"], sent["parallel_tool_calls"]) == (
+        tools,
+        "required",
+        False,
+    )
+    assert sent["messages"][1]["tool_calls"] == history[1]["tool_calls"]
+    assert sent["messages"][2] == {"role": "tool", "content": "done", "tool_call_id": "c1"}
+
+    for prompt in (["a", "b"], [1, 2, 3], [[1, 2], [3]]):
+        await client.completions.create(
+            model="demo-base", prompt=prompt, max_tokens=3, echo=True, logprobs=0
+        )
+        sent = fake.bodies[-1]
+        assert (sent["prompt"], sent["echo"], sent["logprobs"]) == (prompt, True, 0)
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"extra_body": {"best_of": 2}}, "best_of"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
     ],
 )
-async def test_vllm_refuses_what_the_gateway_cannot_shape(
+async def test_vllm_refuses_what_it_does_not_honour(
     vllm_gw: tuple[openai.AsyncOpenAI, FakeVLLM], fields: dict[str, Any], param: str
 ) -> None:
     client, fake = vllm_gw
@@ -592,7 +635,29 @@ async def test_vllm_refuses_what_the_gateway_cannot_shape(
             model="demo-base", messages=CHAT, max_tokens=3, **fields
         )
     assert err.value.param == param
+    assert "None" not in err.value.message
     assert len(fake.bodies) == sent  # refused before anything went upstream
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"suffix": "end"}, "suffix"),
+        ({"extra_body": {"top_logprobs": 2}, "logprobs": 2}, "top_logprobs"),  # chat's field
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": ["a", 1]}, "prompt"),
+    ],
+)
+async def test_vllm_refuses_these_completion_fields(
+    vllm_gw: tuple[openai.AsyncOpenAI, FakeVLLM], fields: dict[str, Any], param: str
+) -> None:
+    client, _ = vllm_gw
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.completions.create(
+            **{"model": "demo-base", "prompt": PROMPT, "max_tokens": 3, **fields}
+        )
+    assert err.value.param == param, err.value.message
 
 
 async def test_vllm_context_length_is_context_length_exceeded(
