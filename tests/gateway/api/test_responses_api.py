@@ -10,6 +10,8 @@ every stream event is validated against OpenAI's own schemas (spec/, tools/opena
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -22,6 +24,7 @@ import openai
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from feedback.export import export
 from gateway.api.openai.responses_api.protocol import ResponseObject, ResponsesRequest
@@ -30,9 +33,12 @@ from gateway.app import create_app
 from gateway.core.config import Settings
 from gateway.core.db.models import Completion
 from gateway.engine.vllm import VLLMEngine
+from gateway.state import AppState
 from tests.engine.test_vllm_engine import WORDS, FakeVLLM, transport
+from tests.gateway.api.socket_gateway import gateway_before
+from tests.gateway.api.test_client_disconnect import HoldingUpstream
 from tests.gateway.api.test_openai_spec import check
-from tools.harness import SeededTenant, make_settings, running_app, seed_tenant
+from tools.harness import SeededTenant, make_settings, running_app, seed_tenant, serve_on_socket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -361,14 +367,16 @@ async def vllm_gw(
     async def build(settings: Settings, _: object) -> VLLMEngine:
         return VLLMEngine(settings, transport=transport(fake))
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("gateway.app.build_engine", build)
-        app = create_app(settings)
-        async with running_app(app) as raw:
-            a = await seed_tenant(app.state.flywheel.db, settings, "acme", {})
-            b = await seed_tenant(app.state.flywheel.db, settings, "globex", {})
-            client = openai_client(app, a.key)
-            yield Gateway(app, raw, client, openai_client(app, b.key), a, b), fake
+    async with contextlib.AsyncExitStack() as stack:
+        # Patched only while the lifespan builds the engine: the socket tests build their own.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("gateway.app.build_engine", build)
+            app = create_app(settings)
+            raw = await stack.enter_async_context(running_app(app))
+        a = await seed_tenant(app.state.flywheel.db, settings, "acme", {})
+        b = await seed_tenant(app.state.flywheel.db, settings, "globex", {})
+        client = openai_client(app, a.key)
+        yield Gateway(app, raw, client, openai_client(app, b.key), a, b), fake
 
 
 async def test_vllm_completes_and_passes_text_format_as_response_format(
@@ -447,6 +455,63 @@ async def test_vllm_replica_lost_mid_stream_fails_the_response(
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert failed["output"][0]["content"][0]["text"] == deltas(events) == "".join(WORDS[:2])
+
+
+# --- cancellation, over real sockets (test_client_disconnect's setups) ----------------------
+
+
+async def test_hanging_up_mid_stream_cancels_the_response(tmp_path: Path, demo_base: Path) -> None:
+    """The upstream (vLLM-shaped) sends "Hello" and holds the stream until its caller leaves:
+    only the hang-up travelling through the response's stream to the engine ends it."""
+    upstream = HoldingUpstream()
+    async with gateway_before(upstream, tmp_path, demo_base) as gw:
+        body = {"model": "demo-base", "input": "hi", "stream": True}
+        async with gw.client.stream(
+            "POST", "/v1/responses", headers={"authorization": f"Bearer {gw.key}"}, json=body
+        ) as response:
+            assert response.status_code == 200
+            response_id = response.headers["x-flywheel-completion-id"]
+            async for line in response.aiter_lines():
+                if "response.output_text.delta" in line:
+                    break  # leaving the block closes the connection mid-stream
+        await asyncio.wait_for(upstream.caller_left.wait(), timeout=10)
+        assert await gw.state.completions.flush(timeout=10)
+        async with gw.state.db.session() as session:
+            row = await session.get(Completion, response_id)
+        assert row is not None
+        assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
+        assert row.response_text == "Hello"
+
+
+async def test_a_client_that_gives_up_on_a_response_stops_the_generation(
+    tmp_path: Path, demo_base: Path
+) -> None:
+    """The embedded engine (the demo base never stops by itself): a client that times out on a
+    2,000-token response leaves it logged as cancelled with the tokens it made."""
+    settings = make_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}", demo_base, max_tokens_limit=4096
+    )
+    app = create_app(settings)
+    async with serve_on_socket(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        state: AppState = app.state.flywheel
+        tenant = await seed_tenant(state.db, settings, "patient", {})
+        body = {"model": "demo-base", "input": "hi", "max_output_tokens": 2000}
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/responses", json=body, headers=auth(tenant), timeout=1.0)
+        rows: list[Completion] = []
+        for _ in range(200):
+            assert await state.completions.flush(timeout=10)
+            async with state.db.session() as session:
+                query = select(Completion).where(Completion.tenant_id == tenant.id)
+                rows = list((await session.scalars(query)).all())
+            if rows:
+                break
+            await asyncio.sleep(0.05)  # polling the log for the row, not synchronising
+    (row,) = rows
+    assert row.id.startswith("resp_")
+    assert (row.status, row.error_type) == ("cancelled", "client_disconnected")
+    assert 0 < row.completion_tokens < 2000
 
 
 # --- tool calls, translated ----------------------------------------------------------------
