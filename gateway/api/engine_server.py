@@ -40,6 +40,7 @@ from gateway.api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.openai.responses import ModelCard, ModelList, Shape, Usage
 from gateway.core.errors import FlywheelError
 from gateway.engine.base import AdapterRef, GenerationChunk, GenerationRequest
+from gateway.engine.capabilities import EMBEDDED_LOCAL
 from gateway.engine.embedded import EmbeddedEngine
 
 DEFAULT_MAX_TOKENS = 256
@@ -174,7 +175,7 @@ class LocalServer:
         try:
             # vLLM would honour more fields than the embedded engine underneath: those are
             # refused here by name, and the gateway in front relays the 400 with its param.
-            body.check(self.engine.capabilities)
+            body.check(EMBEDDED_LOCAL)
             request = GenerationRequest(
                 request_id=f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 adapter=self.adapters.get(body.model),

@@ -26,9 +26,20 @@ SAMPLING_EXTRAS = frozenset(
 )
 
 
-# embedded_logits implements these; the rest (tools, n, logprobs, response_format, ...) is
-# refused by name.  PEFT serves DoRA adapters.
-EMBEDDED = Capabilities("embedded", SAMPLING_EXTRAS, dora=True)
+# embedded_logits implements the sampling extras; embedded_grammar (llguidance) enforces
+# response_format and tool calls (tools, tool_choice; parallel_tool_calls rides with tools);
+# n runs one row per choice, and logprobs/top_logprobs come from each step's logits.  Still
+# refused by name: echo, lists of prompts, best_of, suffix, the chat-template extras.  PEFT
+# serves DoRA adapters.
+EMBEDDED = Capabilities(
+    "embedded",
+    SAMPLING_EXTRAS | {"response_format", "tools", "tool_choice", "n", "logprobs", "top_logprobs"},
+    dora=True,
+)
+
+# `flywheel engine local` (api/engine_server.py) runs the embedded engine behind vLLM's API,
+# but its answers carry one choice of plain text: it refuses the rest by name.
+EMBEDDED_LOCAL = Capabilities("embedded", SAMPLING_EXTRAS, dora=True)
 
 # What vllm.upstream_body passes through, checked against vLLM's entrypoints/openai protocol
 # (ChatCompletionRequest, CompletionRequest) and SamplingParams: vLLM honours each of these and

@@ -45,10 +45,12 @@ from gateway.engine.base import (
     is_demo_base,
 )
 from gateway.engine.capabilities import EMBEDDED
-from gateway.engine.embedded_batch import Emit, Row
+from gateway.engine.embedded_batch import Emit, Row, Totals
 from gateway.engine.embedded_fast import native_bf16_cpu
+from gateway.engine.embedded_grammar import Constraint, Grammars, RowGrammar, constraint_for
 from gateway.engine.embedded_logits import row_logits
 from gateway.engine.embedded_text import StreamText
+from gateway.engine.embedded_tools import ToolCallReader
 from gateway.engine.embedded_worker import EngineWorker, RowStats
 from gateway.engine.residency import Residency
 
@@ -128,6 +130,7 @@ class EmbeddedEngine:
         self._encoder = concurrent.futures.ThreadPoolExecutor(1, "flywheel-encode")
         self._thread_tokenizer: Any = None
         self._longest_token = 0  # characters; bounds a prompt's tokens from below, for free
+        self._grammars: Grammars | None = None  # used on the encoder thread only
         self._outbox: list[Row] = []
         self._residency = Residency(max_loras)  # the same book-keeping as a vLLM replica's
         self._idle_waiters: dict[str, asyncio.Event] = {}
@@ -159,6 +162,9 @@ class EmbeddedEngine:
         )
         self._longest_token = max(1, *map(len, self._tokenizer.get_vocab()))
         await asyncio.wrap_future(worker.started)
+        self._grammars = Grammars(
+            self._thread_tokenizer, worker.model.config.vocab_size, worker.eos_ids
+        )
         self._worker = worker
 
     async def stop(self) -> None:
@@ -298,35 +304,62 @@ class EmbeddedEngine:
                 self._encoder, self._prompt_ids, request, self._thread_tokenizer
             )
         self._check_length(request, len(prompt_ids))
+        choices = int(request.extra.get("n", 1))
+        constraint = constraint_for(request.extra)
+        matchers: list[RowGrammar | None] = [None] * choices
+        if constraint is not None:
+            # Compiling a grammar can take a while (and llguidance's tokenizer is built on the
+            # first): off the event loop, like long prompts.
+            matchers = await loop.run_in_executor(
+                self._encoder, self._matchers, constraint, choices
+            )
         name = request.adapter.engine_name if request.adapter is not None else None
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-        row: Row | None = None
+        rows: list[Row] = []
         self._acquire(name)
         try:
             if request.adapter is not None:
                 await self.load_adapter(request.adapter)
-            row = self._make_row(request, prompt_ids, queue)
-            self._submit(row)
-            while True:
+            totals = Totals(len(prompt_ids))  # usage counts the prompt once, as vLLM does
+            rows = [
+                self._make_row(request, prompt_ids, queue, index, totals, matchers[index])
+                for index in range(choices)
+            ]
+            for row in rows:
+                if constraint is not None and constraint.tools is not None:
+                    row.tools = ToolCallReader(constraint)
+                self._submit(row)
+            finished = 0
+            while finished < choices:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 if item.finish_reason is not None:
-                    return
+                    finished += 1
         finally:
-            if row is not None:
+            for row in rows:
                 row.cancelled = True  # a no-op once finished; stops the row if the client left
             self._release(name)
+
+    def _matchers(self, constraint: Constraint, choices: int) -> list[RowGrammar | None]:
+        """One matcher per choice (each row keeps its own parser state); on the encoder thread."""
+        assert self._grammars is not None
+        return [RowGrammar(self._grammars.matcher(constraint)) for _ in range(choices)]
 
     def _make_row(
         self,
         request: GenerationRequest,
         prompt_ids: list[int],
         queue: asyncio.Queue[GenerationChunk | BaseException],
+        index: int = 0,
+        totals: Totals | None = None,
+        grammar: RowGrammar | None = None,
     ) -> Row:
         worker = self._require_worker()
         sampling = request.sampling
+        # With n > 1 and a seed, choice i samples from seed + i: reproducible, not identical.
+        seed = None if sampling.seed is None else (sampling.seed + index) % 2**64
         return Row(
             request_id=request.request_id,
             adapter=request.adapter.engine_name if request.adapter is not None else None,
@@ -334,7 +367,11 @@ class EmbeddedEngine:
             sampling=sampling,
             text=StreamText(worker.tokenizer, prompt_ids, sampling.stop),
             emit=self._emitter(queue),
-            generator=self._generator(sampling.seed, sampling.greedy, worker.device),
+            generator=self._generator(seed, sampling.greedy, worker.device),
+            index=index,
+            totals=totals,
+            grammar=grammar,
+            top_logprobs=_top_logprobs(request),
             logits=row_logits(
                 sampling,
                 prompt_length=len(prompt_ids),
@@ -388,8 +425,12 @@ class EmbeddedEngine:
     def _prompt_ids(self, request: GenerationRequest, tokenizer: Any) -> list[int]:
         if request.messages is not None:
             try:
+                # Tools go to the template, which shows them to the model if it knows how.
                 text = tokenizer.apply_chat_template(
-                    request.messages, tokenize=False, add_generation_prompt=True
+                    request.messages,
+                    tools=request.extra.get("tools"),
+                    tokenize=False,
+                    add_generation_prompt=True,
                 )
             except (TemplateError, ValueError) as exc:  # ValueError: no chat template
                 raise InvalidRequest(
@@ -438,6 +479,17 @@ def _prompt_chars(request: GenerationRequest) -> int:
     if request.messages is not None:
         return sum(len(str(m.get("content") or "")) for m in request.messages)
     return len(request.prompt or "")
+
+
+def _top_logprobs(request: GenerationRequest) -> int | None:
+    """None when no logprobs are asked; else how many alternatives each token carries (chat:
+    ``top_logprobs``; completions: ``logprobs`` is that count, 0 already asking)."""
+    asked = request.extra.get("logprobs")
+    if asked is None or asked is False:
+        return None
+    if request.messages is not None:
+        return int(request.extra.get("top_logprobs") or 0)
+    return int(asked)
 
 
 def _prompt_param(request: GenerationRequest) -> str:

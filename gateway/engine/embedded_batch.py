@@ -19,12 +19,23 @@ from peft import PeftModel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from gateway.engine.base import GenerationChunk, SamplingParams
+from gateway.engine.base import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob
+from gateway.engine.embedded_grammar import RowGrammar
 from gateway.engine.embedded_logits import RowLogits
 from gateway.engine.embedded_lora import BASE_ADAPTER, AdapterRouter
 from gateway.engine.embedded_text import StreamText
+from gateway.engine.embedded_tools import ToolCallReader
 
 Emit = Callable[[GenerationChunk | BaseException], None]
+
+
+@dataclass
+class Totals:
+    """One request's token counts, shared by its rows (one per choice with ``n`` > 1): every
+    chunk carries the request's counts so far, as the vLLM relay's do."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -39,37 +50,78 @@ class Row:
     emit: Emit
     generator: torch.Generator | None
     logits: RowLogits | None = None  # penalties, logit_bias, min_tokens, top_k, min_p
+    index: int = 0  # the choice this row answers (n > 1)
+    totals: Totals | None = None  # shared by the request's rows; its own when None is given
+    grammar: RowGrammar | None = None  # response_format or tool calls (embedded_grammar)
+    tools: ToolCallReader | None = None  # reads tool calls out of the constrained text
+    top_logprobs: int | None = None  # None: no logprobs asked; else how many alternatives
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
+    _logprobs: list[TokenLogprob] = field(default_factory=list)  # not sent yet
 
-    def advance(self, token_id: int, eos_ids: frozenset[int]) -> GenerationChunk | None:
-        """Record one sampled token; returns the chunk to send, if it completes any text."""
+    def __post_init__(self) -> None:
+        if self.totals is None:
+            self.totals = Totals(len(self.prompt_ids))
+
+    def advance(
+        self, token_id: int, eos_ids: frozenset[int], logprobs: torch.Tensor | None = None
+    ) -> GenerationChunk | None:
+        """Record one sampled token (``logprobs``: the row's log-softmax, when it asked for
+        them); returns the chunk to send, if it completes any text or tool call.
+
+        RuntimeError if the row's grammar refuses the token (the mask should have prevented it).
+        """
+        assert self.totals is not None
         self.token_ids.append(token_id)
+        self.totals.completion_tokens += 1
         if token_id in eos_ids:
             self.finish_reason = "stop"
         else:
+            if self.grammar is not None:
+                self.grammar.accept(token_id)
+            if logprobs is not None:
+                self._logprobs.append(self._logprob(token_id, logprobs))
             # Like vLLM, stop strings count only once min_tokens are generated.
             self.text.push(token_id, match_stops=len(self.token_ids) >= self.sampling.min_tokens)
-            if self.text.stopped:
+            if self.text.stopped or (self.grammar is not None and self.grammar.complete):
                 self.finish_reason = "stop"
             elif len(self.token_ids) >= self.sampling.max_tokens:
                 self.finish_reason = "length"
-        delta = self.text.take(final=self.finish_reason is not None)
-        if self.finish_reason is not None:
-            return GenerationChunk(
-                text=delta,
-                finish_reason=self.finish_reason,
-                prompt_tokens=len(self.prompt_ids),
-                completion_tokens=len(self.token_ids),
-            )
-        if not delta:
+        final = self.finish_reason is not None
+        delta = self.text.take(final=final)
+        calls = None
+        if self.tools is not None:
+            delta, pieces = self.tools.feed(delta, final=final)
+            calls = pieces or None
+            if self.finish_reason == "stop" and self.tools.tagged_calls:
+                self.finish_reason = "tool_calls"  # a named tool's answer stays "stop"
+        if not final and not delta and not calls:
             return None
+        logprobs_out = self._logprobs or None
+        if logprobs_out is not None:
+            self._logprobs = []
         # Running counts on every chunk: a stream cut short is still charged and logged for
         # what it generated.
         return GenerationChunk(
-            text=delta, prompt_tokens=len(self.prompt_ids), completion_tokens=len(self.token_ids)
+            text=delta,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.totals.prompt_tokens,
+            completion_tokens=self.totals.completion_tokens,
+            index=self.index,
+            logprobs=logprobs_out,
+            tool_calls=calls,
         )
+
+    def _logprob(self, token_id: int, logprobs: torch.Tensor) -> TokenLogprob:
+        top: tuple[TopLogprob, ...] = ()
+        if self.top_logprobs:
+            values, ids = logprobs.topk(self.top_logprobs)
+            top = tuple(
+                TopLogprob(self.text.token_text(i, special=True), v)
+                for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+            )
+        return TokenLogprob(self.text.token_text(token_id), float(logprobs[token_id]), top=top)
 
 
 class Group:
@@ -194,21 +246,34 @@ class Group:
         return nullcontext()
 
 
+def raw_logprobs(logits: torch.Tensor, rows: list[Row]) -> dict[int, torch.Tensor]:
+    """The log-softmax of the model's own logits for each row that asked for logprobs, by row
+    index: before any processor, mask or temperature, as vLLM reports them by default
+    (``logprobs_mode`` ``raw_logprobs``).  Taken before :func:`sample` edits ``logits``."""
+    return {
+        i: torch.log_softmax(logits[i], dim=-1)
+        for i, row in enumerate(rows)
+        if row.top_logprobs is not None
+    }
+
+
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int | Exception]:
     """Pick each row's next token: argmax when greedy, else temperature + top-p.
 
     Rows with logits processors (penalties, logit_bias, min_tokens) get them applied to their
-    own row first; rows without any cost nothing extra.  A row whose sampling fails gets the
-    exception in its place, so one bad row can only fail itself, never the other tenants'
-    rows in its batch.
+    own row first, then rows with a grammar their own mask; rows without either cost nothing
+    extra.  A row whose sampling fails gets the exception in its place, so one bad row can
+    only fail itself, never the other tenants' rows in its batch.
     """
     failed: dict[int, Exception] = {}
     for i, row in enumerate(rows):
-        if row.logits is not None and row.logits.processors:
-            try:
+        try:
+            if row.logits is not None and row.logits.processors:
                 logits[i] = row.logits.process(row.prompt_ids, row.token_ids, logits[i])
-            except RuntimeError as exc:
-                failed[i] = exc
+            if row.grammar is not None:
+                row.grammar.mask(logits[i])
+        except RuntimeError as exc:
+            failed[i] = exc
     picked: list[int | Exception] = list(logits.argmax(dim=-1).tolist())
     for i, row in enumerate(rows):
         if i in failed:

@@ -50,6 +50,14 @@ class StreamText:
         self._emitted = max(self._emitted, end)
         return delta
 
+    def token_text(self, token_id: int, *, special: bool = False) -> str:
+        """One token on its own, for logprobs: as in the text (a sampled token's strings join
+        into the answer), or ``special`` tokens by name (an alternative that was not taken)."""
+        text: str = self._tokenizer.decode(
+            [token_id], skip_special_tokens=not special, clean_up_tokenization_spaces=False
+        )
+        return text
+
     def _decode(self, ids: list[int]) -> str:
         text: str = self._tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False

@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, PeftConfig, PeftModel
 
 from gateway.core.errors import AdapterLoadRefused, EngineError
-from gateway.engine.embedded_batch import Group, Row, sample
+from gateway.engine.embedded_batch import Group, Row, raw_logprobs, sample
 from gateway.engine.embedded_fast import prepack_linears
 from gateway.engine.embedded_lora import AdapterRouter
 
@@ -300,11 +300,17 @@ class EngineWorker:
             return
         finally:
             self.forward_passes += 1
-        for row, token_id in zip(group.rows, sample(logits, group.rows), strict=True):
+        logprobs = raw_logprobs(logits, group.rows)  # before sample() edits the logits
+        picked = sample(logits, group.rows)
+        for i, (row, token_id) in enumerate(zip(group.rows, picked, strict=True)):
             if isinstance(token_id, Exception):
                 self._fail(row, EngineError(f"sampling failed: {token_id}"))
                 continue
-            chunk = row.advance(token_id, self.eos_ids)
+            try:
+                chunk = row.advance(token_id, self.eos_ids, logprobs.get(i))
+            except RuntimeError as exc:  # the row's grammar refused the token
+                self._fail(row, EngineError(f"generation failed: {exc}"))
+                continue
             if row.finish_reason is not None:
                 self._record(row, row.finish_reason)  # before the client can see the end
             if chunk is not None:

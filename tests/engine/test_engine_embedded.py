@@ -468,9 +468,13 @@ def test_a_row_whose_sampling_fails_fails_alone() -> None:
 
     logits = torch.tensor([[0.0, 5.0, 1.0], [float("nan")] * 3, [2.0, 0.0, 9.0]])
     rows = [
-        SimpleNamespace(sampling=GREEDY, generator=None, logits=None),
-        SimpleNamespace(sampling=SamplingParams(8, temperature=0.7), generator=None, logits=None),
-        SimpleNamespace(sampling=SamplingParams(8, temperature=1e-9), generator=None, logits=None),
+        SimpleNamespace(sampling=GREEDY, generator=None, logits=None, grammar=None),
+        SimpleNamespace(
+            sampling=SamplingParams(8, temperature=0.7), generator=None, logits=None, grammar=None
+        ),
+        SimpleNamespace(
+            sampling=SamplingParams(8, temperature=1e-9), generator=None, logits=None, grammar=None
+        ),
     ]
     picked = sample(logits, cast(Any, rows))
     assert picked[0] == 1 and picked[2] == 2  # the last one is greedy: 1e-9 is below 1e-5
