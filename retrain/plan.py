@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import tomllib
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -66,6 +67,9 @@ class Hyperparameters:
     learning_rate: float
     num_epochs: int
     beta: float
+    # A cap on optimizer steps for large rounds: past it the round makes one pass over every
+    # row and no more (``capped_steps``). 0: no cap.
+    max_steps: int = 240
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     max_length: int = 512
@@ -78,6 +82,11 @@ class Hyperparameters:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     use_dora: bool = False
+    # Matrix maths during training: "bf16" (autocast; LoRA weights and optimizer stay float32),
+    # "fp32", or "auto": bf16 on a GPU and on a CPU with native bf16 instructions (AVX512-BF16
+    # or AMX), fp32 elsewhere. ``retrain.train.resolve_precision`` decides; the round records
+    # what was used.
+    precision: str = "auto"
     # KTO only; make_plan sets them from the class counts.
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
@@ -98,6 +107,10 @@ class Hyperparameters:
 #   weight 1 reached 100 % but with more steps (docs/benchmarks.md, "Learning").
 # * KTO at 1e-4: thumbs carry less signal per row than edits, and KTO has no SFT term to hold
 #   the answers' fluency, so it moves more carefully.
+# * max_steps 240: every rule of the learning benchmark was learned within 72 steps (120 edits,
+#   96 trained on, batch 4, 3 epochs); 240 leaves 3x headroom, and trains a 1,000-edit round
+#   (800 trained on) for 240 steps instead of 600, 40 % of the time (docs/benchmarks.md,
+#   "Round time"). A capped round still passes over every row at least once.
 # * beta 0.1: TRL's default and the DPO and KTO papers' robust value.
 # * batch 4: a round has tens to a few hundred rows, so the number of optimizer steps, not the
 #   batch's noise, limits what it learns; 9 steps (24 pairs, batch 8, 3 epochs) taught nothing.
@@ -252,9 +265,14 @@ class Plan:
         sft = (
             f", SFT term weight {hp.sft_weight:g}" if hp.sft_weight and self.method != "sft" else ""
         )
+        steps = capped_steps(hp, self.n_train_rows)
+        epochs = f"{hp.num_epochs} epochs"
+        if steps is not None:
+            epochs = f"{steps} steps (one pass over the rows: {hp.num_epochs} epochs would pass "
+            epochs += f"max_steps {hp.max_steps})"
         lines.append(
             f"hyperparameters: lr {hp.learning_rate:g} ({hp.lr_scheduler_type}, warmup "
-            f"{hp.warmup_ratio:g}), {hp.num_epochs} epochs, beta {hp.beta:g}{sft}, "
+            f"{hp.warmup_ratio:g}), {epochs}, beta {hp.beta:g}{sft}, "
             f"batch {hp.batch_size} x {hp.gradient_accumulation_steps}, max_length {hp.max_length}"
         )
         lines.append(
@@ -339,9 +357,9 @@ def check_recipe(recipe: Mapping[str, Any]) -> None:
 _FIELD_TYPES: dict[str, type] = {
     "learning_rate": float, "beta": float, "warmup_ratio": float, "sft_weight": float,
     "lora_dropout": float, "desirable_weight": float, "undesirable_weight": float,
-    "num_epochs": int, "batch_size": int, "gradient_accumulation_steps": int,
+    "num_epochs": int, "max_steps": int, "batch_size": int, "gradient_accumulation_steps": int,
     "max_length": int, "lora_r": int, "lora_alpha": int,
-    "lr_scheduler_type": str, "use_dora": bool,
+    "lr_scheduler_type": str, "use_dora": bool, "precision": str,
 }  # fmt: skip
 
 
@@ -364,6 +382,7 @@ def typed_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def check_hyperparameters(hp: Hyperparameters) -> None:
@@ -371,6 +390,7 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
     problems = [
         ("learning_rate", not 0 < hp.learning_rate <= 1e-2, "must be in (0, 0.01]"),
         ("num_epochs", not 1 <= hp.num_epochs <= 100, "must be 1 to 100"),
+        ("max_steps", hp.max_steps < 0, "must be >= 0 (0: no cap)"),
         ("beta", not 0 < hp.beta <= 100, "must be in (0, 100]"),
         ("batch_size", not 1 <= hp.batch_size <= 1024, "must be 1 to 1024"),
         ("gradient_accumulation_steps", hp.gradient_accumulation_steps < 1, "must be >= 1"),
@@ -381,10 +401,23 @@ def check_hyperparameters(hp: Hyperparameters) -> None:
         ("lora_r", not 1 <= hp.lora_r <= 256, "must be 1 to 256"),
         ("lora_alpha", hp.lora_alpha <= 0, "must be > 0"),
         ("lora_dropout", not 0 <= hp.lora_dropout < 1, "must be in [0, 1)"),
+        ("precision", hp.precision not in PRECISIONS, f"one of {PRECISIONS}"),
     ]
     for name, bad, why in problems:
         if bad:
             raise InvalidRequest(f"hyperparameter {name}={getattr(hp, name)!r} {why}", param=name)
+
+
+def capped_steps(hp: Hyperparameters, n_rows: int) -> int | None:
+    """The optimizer steps a round on ``n_rows`` trains for when ``max_steps`` caps it, or None
+    when ``num_epochs`` passes stay within the cap. A capped round still makes one full pass,
+    so no row is left out: max(max_steps, the steps of one epoch)."""
+    per_epoch = max(
+        1, math.ceil(math.ceil(n_rows / hp.batch_size) / hp.gradient_accumulation_steps)
+    )
+    if hp.max_steps == 0 or per_epoch * hp.num_epochs <= hp.max_steps:
+        return None
+    return max(hp.max_steps, per_epoch)
 
 
 T = TypeVar("T")

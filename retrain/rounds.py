@@ -298,6 +298,11 @@ async def run_round(
             state="succeeded",
             candidate_version_id=version.id,
             metrics={**result.metrics, "timings": result.timings},
+            hyperparams={
+                **plan.hyperparameters.__dict__,
+                "seed": seed,
+                "precision": result.precision,
+            },
             train_log=step_log(result.log_history),
             library_versions=library_versions(),
             finished_at=datetime.now(UTC),

@@ -52,7 +52,7 @@ from trl import (  # type: ignore[attr-defined]
 
 from feedback.examples import DPORow, KTORow
 from gateway.core.errors import InvalidRequest
-from retrain.plan import METHODS, Hyperparameters, Method
+from retrain.plan import METHODS, Hyperparameters, Method, capped_steps
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -73,6 +73,7 @@ class TrainResult:
     # the trainer's constructor), train, save.
     timings: dict[str, float]
     versions: dict[str, str]
+    precision: str = "fp32"  # what the matrix maths ran in: "bf16" (autocast) or "fp32"
     log_history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -151,9 +152,28 @@ def _check_rows(method: Method, rows: Sequence[KTORow | DPORow]) -> None:
         raise InvalidRequest("rows mix plain-text and chat prompts; a round needs one format")
 
 
-def _config_args(hp: Hyperparameters, scratch: str, seed: int, device: str) -> dict[str, Any]:
+def resolve_precision(requested: str, device: str) -> str:
+    """``"bf16"`` or ``"fp32"`` for a recipe's ``precision`` on ``device``.
+
+    ``auto`` takes bf16 on a GPU, and on a CPU only where it has native bf16 dot products
+    (AVX512-BF16 or AMX): there autocast halves a step's time (measured on SmolLM2 with LoRA,
+    docs/benchmarks.md, "Round time"); elsewhere bf16 is emulated and slower than fp32.
+    """
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if device == "cpu" and native else "fp32"
+
+
+def _config_args(
+    hp: Hyperparameters, scratch: str, seed: int, device: str, precision: str, n_rows: int
+) -> dict[str, Any]:
     """The TrainingArguments every method shares (TRL's configs all extend them)."""
     return {
+        # Set only when the cap applies: Trainer's max_steps > 0 replaces the epochs.
+        "max_steps": capped_steps(hp, n_rows) or -1,
         "output_dir": scratch,
         "learning_rate": hp.learning_rate,
         "lr_scheduler_type": hp.lr_scheduler_type,
@@ -165,7 +185,9 @@ def _config_args(hp: Hyperparameters, scratch: str, seed: int, device: str) -> d
         "seed": seed,
         "data_seed": seed,
         "use_cpu": device == "cpu",
-        "bf16": device.startswith("cuda"),
+        # On CPU, Trainer runs forward and loss under torch.autocast(bfloat16): the matmuls in
+        # bf16, the LoRA weights, gradients and AdamW state in float32.
+        "bf16": precision == "bf16",
         # Recompute activations only where memory is short (a GPU); on CPU it only costs time.
         # (transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.)
         "activation_checkpointing": device.startswith("cuda"),
@@ -189,7 +211,8 @@ def _trainer(
     callbacks: list[TrainerCallback],
 ) -> Any:
     """The TRL trainer for ``method``; one config + trainer pair per method, as TRL keeps them."""
-    args = _config_args(hp, scratch, seed, device)
+    precision = resolve_precision(hp.precision, device)
+    args = _config_args(hp, scratch, seed, device, precision, len(rows))
     common = {
         "model": model,
         "processing_class": tokenizer,
@@ -349,5 +372,6 @@ def train_round(
         metrics=metrics,
         timings=timings,
         versions=library_versions(),
+        precision=resolve_precision(hyperparams.precision, device),
         log_history=history,
     )

@@ -400,13 +400,14 @@ def test_same_seed_same_weights_new_adapter(demo_base: Path, tmp_path: Path) -> 
     import torch
     from safetensors.torch import load_file
 
-    from retrain.train import train_round
+    from retrain.train import resolve_precision, train_round
 
     rows = _thumbs(_pairs(24, seed=3, chat=False))
     hp = dataclasses.replace(default_hyperparameters("kto"), num_epochs=1, learning_rate=3e-3)
     weights = []
     for name, seed in [("a", 11), ("b", 11), ("c", 12)]:
         result = train_round(demo_base, None, "kto", rows, tmp_path / name, hp, seed=seed)
+        assert result.precision == resolve_precision("auto", "cpu")
         weights.append(load_file(result.adapter_dir / "adapter_model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -422,8 +423,12 @@ def test_same_seed_same_weights_new_adapter(demo_base: Path, tmp_path: Path) -> 
 def test_new_dora_adapter(demo_base: Path, tmp_path: Path) -> None:
     from retrain.train import train_round
 
-    hp = Hyperparameters(learning_rate=3e-3, num_epochs=1, beta=0.1, use_dora=True)
-    train_round(demo_base, None, "dpo", _pairs(8, seed=4, chat=False), tmp_path / "d", hp, seed=0)
+    hp = Hyperparameters(
+        learning_rate=3e-3, num_epochs=1, beta=0.1, use_dora=True, precision="fp32"
+    )
+    rows = _pairs(8, seed=4, chat=False)
+    result = train_round(demo_base, None, "dpo", rows, tmp_path / "d", hp, seed=0)
+    assert result.precision == "fp32"
     assert json.loads((tmp_path / "d" / "adapter_config.json").read_text())["use_dora"] is True
 
 
@@ -486,7 +491,10 @@ def test_evaluation_measures_what_trl_trains(
 
     pairs = _pairs(8, seed=6, chat=chat)
     rows: list[DPORow] | list[KTORow] = pairs if method == "dpo" else _thumbs(pairs)
-    hp = Hyperparameters(learning_rate=1e-5, num_epochs=1, beta=0.1, batch_size=8)
+    # fp32: the comparison is of the formulas; bf16 autocast would move TRL's side by ~1e-2.
+    hp = Hyperparameters(
+        learning_rate=1e-5, num_epochs=1, beta=0.1, batch_size=8, precision="fp32"
+    )
     events: list[dict[str, Any]] = []
     train_round(
         demo_base,
@@ -542,12 +550,46 @@ def test_explicit_pair_methods_and_their_defaults() -> None:
         ("sft_weight", -0.1),
         ("lora_r", 0),
         ("max_length", 4),
+        ("precision", "fp8"),
+        ("max_steps", -1),
     ],
 )
 def test_bad_hyperparameters_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(InvalidRequest, match=field) as err:
         make_plan(20, 0, 0, overrides={field: value})
     assert err.value.param == field
+
+
+def test_large_rounds_are_capped_at_one_pass() -> None:
+    """max_steps caps a large round's optimizer steps, but never below one full pass."""
+    from retrain.plan import capped_steps
+
+    hp = default_hyperparameters("dpo")  # batch 4, 3 epochs, max_steps 240
+    assert capped_steps(hp, 96) is None  # 72 steps: within the cap
+    assert capped_steps(hp, 320) is None  # 240 steps: at the cap
+    assert capped_steps(hp, 400) == 240  # 300 steps capped; 100 per epoch
+    assert capped_steps(hp, 800) == 240  # 600 capped at 240 >= the 200 of one pass
+    assert capped_steps(hp, 2000) == 500  # one pass is 500 steps: no row left out
+    assert capped_steps(dataclasses.replace(hp, max_steps=0), 2000) is None
+    assert capped_steps(dataclasses.replace(hp, gradient_accumulation_steps=2), 2000) == 250
+    plan = make_plan(2000, 0, 0)
+    assert "500 steps (one pass over the rows" in plan.describe()
+
+
+def test_training_precision_resolves_per_device() -> None:
+    """``auto`` is bf16 on a GPU and on a CPU with native bf16 dot products, fp32 elsewhere;
+    an explicit choice is kept."""
+    import torch
+
+    from retrain.train import resolve_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cuda:1") == "bf16"
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "mps") == "fp32"
 
 
 def test_recipe_files(tmp_path: Path) -> None:
