@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test check bench install install-dev base vllm clean import-graph
+.PHONY: serve test check bench install install-dev base vllm clean import-graph clients
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -42,8 +42,29 @@ install-dev: $(VENV)/.installed-dev
 serve: $(VENV)/.installed-train base
 	$(VENV)/bin/flywheel serve
 
-test: $(VENV)/.installed-dev base vllm
+test: $(VENV)/.installed-dev base vllm clients
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The clients tests/gateway/api/test_clients.py drives in processes of their own, outside the
+# project's venv: the official OpenAI Node SDK (pinned by tests/gateway/api/js/package-lock.json)
+# and LlamaIndex, whose OpenAI integration pins openai<3 and would downgrade the SDK the rest of
+# the suite runs on.  Without npm (a laptop) the Node cases skip; in CI they fail.
+FLYWHEEL_TEST_CLIENTS_DIR ?= $(HOME)/.cache/flywheel-test/clients
+export FLYWHEEL_TEST_CLIENTS_DIR
+LLAMAINDEX := llama-index-llms-openai-like==0.8.1
+LLAMAINDEX_VENV := $(FLYWHEEL_TEST_CLIENTS_DIR)/llamaindex-venv
+
+$(FLYWHEEL_TEST_CLIENTS_DIR)/js/.installed: tests/gateway/api/js/package.json tests/gateway/api/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  mkdir -p $(@D) && cp $^ $(@D)/ && npm ci -s --prefix $(@D) --ignore-scripts && touch $@; \
+	else echo "npm not found: test_clients.py's Node SDK cases will skip"; fi
+
+$(LLAMAINDEX_VENV)/.installed-$(LLAMAINDEX):
+	$(PYTHON) -m venv $(LLAMAINDEX_VENV)
+	$(LLAMAINDEX_VENV)/bin/python -m pip install -q '$(LLAMAINDEX)'
+	@touch $@
+
+clients: $(FLYWHEEL_TEST_CLIENTS_DIR)/js/.installed $(LLAMAINDEX_VENV)/.installed-$(LLAMAINDEX)
 
 # Which layer imports which, and any two-way pair (there should be none).
 import-graph: $(VENV)/.installed-dev
