@@ -66,6 +66,40 @@ def tokenize_pair(tokenizer: Any, prompt: Text, completion: Text) -> tuple[list[
 
 
 @torch.no_grad()
+def completion_token_logprobs(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[tuple[Text, Text]],
+    *,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """The log-probability of each token of each completion given its prompt.
+
+    Batches are right-padded, so every real token keeps its position and the padding, which
+    comes after it, is invisible to it under the causal mask.
+    """
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results: list[list[float]] = []
+    for start in range(0, len(items), batch_size):
+        encoded = [tokenize_pair(tokenizer, p, c) for p, c in items[start : start + batch_size]]
+        width = max(len(p) + len(c) for p, c in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (p, c) in enumerate(encoded):
+            input_ids[row, : len(p) + len(c)] = torch.tensor(p + c)
+            attention[row, : len(p) + len(c)] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        targets = input_ids[:, 1:]
+        token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        for row, (p, c) in enumerate(encoded):
+            # Position i predicts token i + 1: the completion's tokens are predicted from
+            # positions len(p) - 1 to len(p) + len(c) - 2.
+            results.append(token_logps[row, len(p) - 1 : len(p) + len(c) - 1].tolist())
+    return results
+
+
 def completion_logprobs(
     model: Any,
     tokenizer: Any,
@@ -73,33 +107,9 @@ def completion_logprobs(
     *,
     batch_size: int = 8,
 ) -> list[tuple[float, int]]:
-    """(summed log-prob, token count) of each completion given its prompt.
-
-    Batches are right-padded, so every real token keeps its position and the padding, which
-    comes after it, is invisible to it under the causal mask.
-    """
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    results: list[tuple[float, int]] = []
-    for start in range(0, len(items), batch_size):
-        encoded = [tokenize_pair(tokenizer, p, c) for p, c in items[start : start + batch_size]]
-        width = max(len(p) + len(c) for p, c in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        scored = torch.zeros((len(encoded), width), dtype=torch.bool)
-        for row, (p, c) in enumerate(encoded):
-            input_ids[row, : len(p) + len(c)] = torch.tensor(p + c)
-            attention[row, : len(p) + len(c)] = 1
-            scored[row, len(p) : len(p) + len(c)] = True
-        input_ids, attention, scored = input_ids.to(device), attention.to(device), scored.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        targets = input_ids[:, 1:]
-        token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        mask = scored[:, 1:]
-        sums = (token_logps * mask).sum(-1).tolist()
-        counts = mask.sum(-1).tolist()
-        results.extend(zip(sums, counts, strict=True))
-    return results
+    """(summed log-prob, token count) of each completion given its prompt."""
+    per_token = completion_token_logprobs(model, tokenizer, items, batch_size=batch_size)
+    return [(sum(logps), len(logps)) for logps in per_token]
 
 
 def sequence_logprob(model: Any, tokenizer: Any, prompt: Text, completion: Text) -> float:

@@ -23,13 +23,13 @@ def test_hand_computed_pass() -> None:
     candidate = SideMetrics(0.75, 0.40, 0.75, [True, True], 2.15, 29.0, 1.9)
     v = decide(serving, candidate, DEFAULT_THRESHOLDS, BETTER)
     # NLL ceiling 2.00 * 1.10 = 2.20 > 2.15; length ratio 29/20 = 1.45 <= 1.5; checks equal;
-    # fluency 1.9 <= 1.5 + 0.5.
+    # fluency 1.9 <= 1.5 + 1.0.
     assert v.passed, v.reasons
 
 
 def test_hand_computed_rejections() -> None:
     serving = SideMetrics(0.80, 0.50, 0.90, [True, True], 2.00, 20.0, 1.5)
-    candidate = SideMetrics(0.70, 0.40, 0.80, [True, False], 2.30, 31.0, 2.6)
+    candidate = SideMetrics(0.70, 0.40, 0.80, [True, False], 2.30, 31.0, 2.6)  # 2.6 > 1.5 + 1
     noise = Improvement("sign", 0.5, 12, wins=6, trials=11)
     v = decide(serving, candidate, DEFAULT_THRESHOLDS, noise)
     assert not v.passed
@@ -44,6 +44,20 @@ def test_hand_computed_rejections() -> None:
     assert "NLL 2.3000 > 2.2000" in text
     assert "1.55x longer" in text  # 31 / 20
     assert len(v.reasons) == 8
+
+
+def test_typical_nll_is_the_median_token() -> None:
+    """A few very unlikely tokens (a house rule's opening line) do not move it; a side whose
+    typical token is unlikely (word salad) does."""
+    from retrain.gate import typical_nll
+
+    fluent = [[-0.2, -0.5, -0.4], [-0.3, -0.6]]
+    opening = [[-9.0, -8.0, -0.2, -0.5, -0.4], [-9.0, -8.0, -0.3, -0.6, -0.45]]
+    salad = [[-7.0, -6.5, -0.2], [-8.0, -5.0]]
+    assert typical_nll(fluent) == pytest.approx(0.4)
+    assert typical_nll(opening) == pytest.approx(0.55)  # the mean is 3.6
+    assert typical_nll(salad) == pytest.approx(6.5)
+    assert typical_nll([]) is None and typical_nll([[]]) is None
 
 
 def test_no_heldout_rows_is_not_an_improvement() -> None:

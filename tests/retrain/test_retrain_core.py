@@ -492,9 +492,7 @@ def test_evaluation_measures_what_trl_trains(
     pairs = _pairs(8, seed=6, chat=chat)
     rows: list[DPORow] | list[KTORow] = pairs if method == "dpo" else _thumbs(pairs)
     # fp32: the comparison is of the formulas; bf16 autocast would move TRL's side by ~1e-2.
-    hp = Hyperparameters(
-        learning_rate=1e-5, num_epochs=1, beta=0.1, batch_size=8, precision="fp32"
-    )
+    hp = Hyperparameters(learning_rate=1e-5, num_epochs=1, beta=0.1, batch_size=8, precision="fp32")
     events: list[dict[str, Any]] = []
     train_round(
         demo_base,
