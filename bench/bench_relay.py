@@ -98,7 +98,7 @@ def _answer(n: int, include_usage: bool) -> tuple[bytes, list[bytes], bytes]:
 
 
 class _Upstream:
-    """Serves /health, /v1/models, the adapter routes and streamed chat completions."""
+    """Serves /health, /v1/models, the adapter routes and chat completions (streamed or not)."""
 
     def __init__(self) -> None:
         self.paced = False
@@ -111,9 +111,18 @@ class _Upstream:
             self._answers[key] = _answer(n, include_usage)
         return self._answers[key]
 
+    def whole(self, n: int) -> bytes:
+        """A non-streamed answer of ``n`` tokens (bench_http_client's per-request cost)."""
+        message = {"role": "assistant", "content": TOKEN_TEXT * n}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
+        head = {"id": "chatcmpl-up", "object": "chat.completion", "created": 0, "model": BASE}
+        return json.dumps({**head, "choices": [choice], "usage": _usage(n)}).encode()
+
     def handle(self, transport: asyncio.Transport, method: bytes, path: bytes, body: bytes) -> None:
         if path == b"/v1/chat/completions":
             request = json.loads(body)
+            if not request.get("stream"):
+                return _reply(transport, 200, self.whole(int(request.get("max_tokens") or 1)))
             start, tokens, end = self.answer(
                 int(request.get("max_tokens") or TOKENS),
                 bool((request.get("stream_options") or {}).get("include_usage")),
