@@ -2,11 +2,20 @@
 
 Why not httpx here: httpx spends ~0.6 ms of CPU per request on this path (measured against an
 upstream that answers at once: 0.85 ms per round trip with httpx, 0.17 ms over a bare asyncio
-stream), which was most of what the gateway added to a request.  vLLM serves plain HTTP/1.1
-(uvicorn), so this client speaks exactly that: one POST with a JSON body; a response framed by
-Content-Length, chunked transfer-encoding, or the connection closing; keep-alive connections
-reused most-recent-first; ``http`` and ``https``.  No proxies, redirects or compression (it
-sends no Accept-Encoding).  Everything else (load, unload, models, health) stays on httpx.
+stream), which was most of what the gateway added to a request.  Why not aiohttp (its C
+parser; what vLLM's benchmarks and LiteLLM use): it costs more client CPU on both halves of the
+relay, measured side by side with this client on 2026-12-02 (``.venv/bin/python -m
+bench.bench_http_client``, docs/benchmarks.md "HTTP client and JSON on the relay path (issue
+17)"; aiohttp 3.14.5, bench_relay's instant upstream, 256 tokens per answer, medians of 5
+interleaved repeats of client CPU): per streamed token through ``sse_events``, 3.6-4.8 µs here
+against 4.2-6.4 µs (x1.03-1.33 at 1, 16 and 64 streams, in two runs); per non-streamed request,
+70-85 µs against 155-215 µs (x2.0-3.2); httpx x4.6-7.9 per token, x36-83 per request.  So this
+client stays; rerun that benchmark before replacing it with a library.
+
+vLLM serves plain HTTP/1.1 (uvicorn), so this client speaks exactly that: one POST with a
+JSON body; a response framed by Content-Length, chunked transfer-encoding, or the connection
+closing; keep-alive connections reused most-recent-first; ``http`` and ``https``.  No proxies,
+redirects or compression (it sends no Accept-Encoding).  Everything else (load, unload, models, health) stays on httpx.
 
 Every read runs under ``read_timeout_s`` and every connect under ``connect_timeout_s``, so a
 replica that stops answering ends the request instead of hanging it.  A response that is not
