@@ -226,3 +226,37 @@ async def test_a_schema_that_cannot_be_enforced_is_a_400_naming_it(
             model="support", messages=CHAT, max_tokens=8, response_format=bad
         )
     assert err.value.param == "response_format"
+
+
+async def test_responses_text_format_json_schema_validates(client: openai.AsyncOpenAI) -> None:
+    resp = await client.responses.create(
+        model="support",
+        input="Describe a person.",
+        text={"format": {"type": "json_schema", "name": "person", "schema": PERSON}},
+        max_output_tokens=128,
+        temperature=0,
+    )
+    assert resp.status == "completed"
+    jsonschema.validate(json.loads(resp.output_text), PERSON)
+    check("Response", resp.model_dump(mode="json", exclude_unset=True, by_alias=True))
+
+
+async def test_responses_function_tool_becomes_a_function_call_item(
+    client: openai.AsyncOpenAI,
+) -> None:
+    function = WEATHER["function"]
+    resp = await client.responses.create(
+        model="support",
+        input="Weather in Oslo?",
+        tools=[
+            {"type": "function", "name": function["name"], "parameters": function["parameters"]}
+        ],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=256,
+        temperature=0,
+    )
+    calls = [item for item in resp.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].arguments), function["parameters"])
+    check("Response", resp.model_dump(mode="json", exclude_unset=True, by_alias=True))

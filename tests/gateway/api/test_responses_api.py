@@ -269,10 +269,6 @@ SCHEMA_FORMAT = {
         ({"include": ["message.output_text.logprobs"]}, "include"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
-        # The embedded engine honours neither tools nor JSON output: the chat path's check.
-        ({"tools": [FUNCTION_TOOL]}, "tools"),
-        ({"text": {"format": SCHEMA_FORMAT}}, "text.format"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
         ({"max_output_tokens": 10**6}, "max_output_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
@@ -515,8 +511,8 @@ async def test_a_client_that_gives_up_on_a_response_stops_the_generation(
 
 
 # --- tool calls, translated ----------------------------------------------------------------
-# No engine honours tools yet (the chat path refuses them, as tested above), so the chat
-# answers with tool calls are written here as the chat path writes them.
+# The chat answers with tool calls are written here as the chat path writes them; the
+# embedded engine's own, through the SDK, are in test_openai_structured.py.
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
