@@ -4,8 +4,10 @@ One run starts, as separate processes on loopback: a vLLM-shaped upstream (below
 256-token chat answers, one SSE event per token with usage on each as vLLM's
 ``continuous_usage_stats`` sends it, and ``flywheel serve`` with FLYWHEEL_ENGINE=vllm pointed at
 it (``--before TREE`` adds another source tree's gateway beside it, ``--workers N`` passes
-``--workers``).  The same load goes straight to the upstream and through each gateway,
-interleaved (the order rotates each repeat), so drift on this shared machine hits all alike:
+``--workers``), and LiteLLM's proxy in front of the same upstream when its executable is found
+(LITELLM_BIN, PATH, or the bench venv ``make bench`` makes; ``--no-litellm`` leaves it out).
+The same load goes straight to the upstream and through each gateway, interleaved (the order
+rotates each repeat), so drift on this shared machine hits all alike:
 
 * instant: the upstream writes the whole answer at once; 1, 16 and 64 clients, back to back;
 * paced like vLLM: one token per stream every 10 ms (one decode step for every running
@@ -21,6 +23,7 @@ token so it can be seen not to be the bottleneck.  The upstream is the same: an 
 server on httptools, with every event pre-encoded, far cheaper per token than a gateway.
 
     .venv/bin/python -m bench.bench_relay [--before TREE] [--workers N] [--repeats 3]
+        [--no-litellm] [--only instant:16 ...]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from bench.bench_gateway_overhead import (
     _process,
     _start_flywheel,
     cpu_seconds,
+    litellm_bin,
 )
 from tools.harness import REPO, free_port, wait_until_up
 
@@ -348,10 +352,11 @@ async def measure(
     pids: dict[str, int],
     repeats: int,
     scale: float,
+    scenarios: tuple[tuple[str, int, int], ...] = SCENARIOS,
 ) -> list[Row]:
     rows = []
     async with httpx.AsyncClient() as control:
-        for mode, streams, answers in SCENARIOS:
+        for mode, streams, answers in scenarios:
             (await control.post(f"{up_url}/bench/mode", content=mode.encode())).raise_for_status()
             answers = max(1, round(answers * scale))
             seen: dict[str, list[tuple[Run, float | None, float]]] = {t: [] for t in targets}
@@ -417,19 +422,56 @@ def ratios(rows: list[Row]) -> list[str]:
     get = {(r.mode, r.streams, r.target): r for r in rows}
     out = []
     for mode, streams, _ in SCENARIOS:
-        now, old = get[(mode, streams, "flywheel")], get.get((mode, streams, "flywheel-before"))
-        if old is None:
+        now = get.get((mode, streams, "flywheel"))
+        if now is None:
             continue
-        cpu = (
-            f", CPU per token x{now.cpu_us_per_token / old.cpu_us_per_token:.2f}"
-            if now.cpu_us_per_token and old.cpu_us_per_token
-            else ""
-        )
-        out.append(f"{mode} {streams}: tok/s x{now.tok_s / old.tok_s:.2f}{cpu}")
+        old = get.get((mode, streams, "flywheel-before"))
+        if old is not None:
+            cpu = (
+                f", CPU per token x{now.cpu_us_per_token / old.cpu_us_per_token:.2f}"
+                if now.cpu_us_per_token and old.cpu_us_per_token
+                else ""
+            )
+            out.append(f"{mode} {streams}: tok/s x{now.tok_s / old.tok_s:.2f}{cpu}")
+        lite = get.get((mode, streams, "litellm"))
+        if lite is not None and lite.tok_s:
+            cpu = (
+                f", gateway CPU per token x{now.cpu_us_per_token / lite.cpu_us_per_token:.2f}"
+                if now.cpu_us_per_token and lite.cpu_us_per_token
+                else ""
+            )
+            out.append(
+                f"{mode} {streams}: Flywheel / LiteLLM tok/s x{now.tok_s / lite.tok_s:.2f}{cpu}"
+            )
     return out
 
 
-def run(before: Path | None, workers: int, repeats: int, scale: float) -> str:
+def _start_litellm(
+    stack: ExitStack, lite: str, up_url: str, env: dict[str, str], root: Path
+) -> tuple[str, dict[str, str], int]:
+    """LiteLLM's proxy in front of the upstream, as bench_gateway_overhead starts it."""
+    port = free_port()
+    config = root / "litellm.yaml"
+    model = {"model": f"openai/{BASE}", "api_base": f"{up_url}/v1", "api_key": "sk-none"}
+    config.write_text(json.dumps({"model_list": [{"model_name": BASE, "litellm_params": model}]}))
+    master = f"sk-{os.urandom(16).hex()}"  # LiteLLM refuses to start without one
+    lite_env = {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    lite_env["LITELLM_MASTER_KEY"] = master
+    cmd = [lite, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
+    log = root / "litellm.log"
+    proc = stack.enter_context(_process(cmd, lite_env, log))
+    wait_until_up(f"http://127.0.0.1:{port}/health/liveliness", proc, log, timeout=180)
+    return f"http://127.0.0.1:{port}", {"authorization": f"Bearer {master}"}, proc.pid
+
+
+def run(
+    before: Path | None,
+    workers: int,
+    repeats: int,
+    scale: float,
+    litellm: bool = True,
+    scenarios: tuple[tuple[str, int, int], ...] = SCENARIOS,
+) -> str:
     root = Path(tempfile.mkdtemp(prefix="fw-bench-relay-"))
     up_port = free_port()
     up_url = f"http://127.0.0.1:{up_port}"
@@ -447,10 +489,17 @@ def run(before: Path | None, workers: int, repeats: int, scale: float) -> str:
             fw_env = _flywheel_env(env, root / name, up_url, port)
             url, auth, pids[name] = _start_flywheel(stack, name, tree, fw_env, root, port, workers)
             targets[name] = (url, auth)
-        rows = asyncio.run(measure(up_url, targets, pids, repeats, scale))
+        lite = litellm_bin() if litellm else None
+        if lite is not None:
+            url, auth, pids["litellm"] = _start_litellm(stack, lite, up_url, env, root)
+            targets["litellm"] = (url, auth)
+        rows = asyncio.run(measure(up_url, targets, pids, repeats, scale, scenarios))
     notes = [
         f"{TOKENS} tokens per answer; medians of {repeats} interleaved repeats; "
         f"{workers} gateway worker(s); load client: {CLIENT}.",
+        f"LiteLLM: its proxy ({lite}), one process, a master key, no database"
+        if lite
+        else "LiteLLM: not run (" + ("--no-litellm" if not litellm else "no executable") + ")",
         *ratios(rows),
     ]
     return table(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
@@ -462,12 +511,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="flywheel serve --workers")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply answers per stream")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="MODE:STREAMS",
+        help="run only these scenarios, e.g. instant:16 paced:256",
+    )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)  # serve the upstream
     args = parser.parse_args(argv)
     if args.upstream:
         asyncio.run(serve_upstream(args.upstream))
         return
-    print(run(args.before, args.workers, args.repeats, args.scale))
+    scenarios: tuple[tuple[str, int, int], ...] = SCENARIOS
+    if args.only:
+        scenarios = tuple(s for s in SCENARIOS if f"{s[0]}:{s[1]}" in args.only)
+        if len(scenarios) != len(args.only):
+            known = [f"{mode}:{streams}" for mode, streams, _ in SCENARIOS]
+            parser.error(f"--only takes some of {known}")
+    print(run(args.before, args.workers, args.repeats, args.scale, not args.no_litellm, scenarios))
 
 
 if __name__ == "__main__":
