@@ -60,6 +60,10 @@ BENCHES = {
         "bench.bench_first_start",
         "Start-up on SmolLM2: first `flywheel serve`, a vLLM CPU replica",
     ),
+    "structured": (
+        "bench.bench_structured",
+        "Structured output on the embedded engine: tokens/s with and without a JSON schema (issue 13)",
+    ),
 }
 
 
