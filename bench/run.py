@@ -27,7 +27,10 @@ BENCHES = {
         "bench.bench_log_overhead",
         "Gateway p50 with logging on vs off (issue: feedback)",
     ),
-    "retrain": ("bench.bench_retrain", "One retraining round, 200 and 2,000 rows (issue: retrain)"),
+    "retrain": (
+        "bench.bench_retrain",
+        "Round time: one whole round on SmolLM2, 120 and 1,000 edits (issue 12)",
+    ),
     "learning": (
         "bench.bench_learning",
         "Learning: one round teaches SmolLM2-135M an end-user rule (issue: retrain)",
@@ -59,6 +62,10 @@ BENCHES = {
     "first_start": (
         "bench.bench_first_start",
         "Start-up on SmolLM2: first `flywheel serve`, a vLLM CPU replica",
+    ),
+    "http_client": (
+        "bench.bench_http_client",
+        "HTTP client and JSON on the relay path (issue 17)",
     ),
     "structured": (
         "bench.bench_structured",
