@@ -121,7 +121,7 @@ def decide(
             reasons.append(
                 f"answers became less fluent: the base model finds the typical word of the "
                 f"candidate's golden answers much less likely ({candidate.fluency_nll:.2f} vs "
-                f"{serving.fluency_nll:.2f} nats per token, median; at most +"
+                f"{serving.fluency_nll:.2f} nats per token, median, at most +"
                 f"{t['max_fluency_nll_increase']:g} allowed): nonsense or broken text"
             )
     if serving.preference_accuracy is not None and candidate.preference_accuracy is not None:
