@@ -251,7 +251,7 @@ async def test_cross_tenant_is_not_found(gw: Gateway) -> None:
         ({**CHAT, "temperature": 7}, "temperature"),
         ({**CHAT, "seed": 2**64}, "seed"),
         ({**CHAT, "seed": -(2**63) - 1}, "seed"),
-        ({**CHAT, "n": 3}, "n"),
+        ({**CHAT, "best_of": 3}, "best_of"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ([1, 2], None),
     ],

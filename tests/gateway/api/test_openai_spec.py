@@ -126,7 +126,7 @@ async def test_models_match_the_spec(gw: tuple[httpx.AsyncClient, SeededTenant])
     [
         ("/v1/chat/completions", {**CHAT, "temperature": 9}, 400),
         ("/v1/chat/completions", {**CHAT, "model": "nope"}, 404),
-        ("/v1/chat/completions", {**CHAT, "n": 2}, 400),
+        ("/v1/chat/completions", {**CHAT, "best_of": 2}, 400),
         ("/v1/models/nope", None, 404),
     ],
 )
