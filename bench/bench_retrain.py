@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(
         "| edits | train + held out | steps | precision | "
         + " | ".join(names)
-        + " | total | gate |"
+        + " | total | verdict |"
     )
     print("| ---: | ---: | ---: | --- |" + " ---: |" * len(names) + " ---: | --- |")
     for r in results:
