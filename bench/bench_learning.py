@@ -718,6 +718,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
+        model_dir=args.model,
+        rows=args.rows,
+        heldout=args.heldout,
+        max_new_tokens=args.max_new_tokens,
+        eval_max_new_tokens=args.eval_max_new_tokens,
+        batch_size=args.batch_size,
+        method=args.method,
+        overrides=dict(args.hp),
+        seed=args.seed,
+        device=args.device,
+        use_cache=not args.no_cache,
+        samples=args.samples,
+        adapter=args.adapter,
+    )
+
+
 def main(argv: list[str] | None = None) -> list[RuleResult]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -778,21 +796,8 @@ def main(argv: list[str] | None = None) -> list[RuleResult]:
     args = parser.parse_args(argv)
     if args.merge:
         merged = [result for path in args.merge for result in load_results(path)]
-        opts = Options(
-            model_dir=args.model,
-            rows=args.rows,
-            heldout=args.heldout,
-            max_new_tokens=args.max_new_tokens,
-            eval_max_new_tokens=args.eval_max_new_tokens,
-            batch_size=args.batch_size,
-            method=args.method,
-            overrides=dict(args.hp),
-            seed=args.seed,
-            device=args.device,
-            use_cache=True,
-            samples=args.samples,
-            threads=args.threads or 2,
-        )
+        opts = _options(args)
+        opts.threads = args.threads or 2
         print(report(merged, opts))
         return merged
     names = (
@@ -828,21 +833,7 @@ def main(argv: list[str] | None = None) -> list[RuleResult]:
         parser.error(f"--rows must be 10 to {len(TRAIN_PROMPTS)}")
     if not 1 <= args.heldout <= len(HELDOUT_PROMPTS):
         parser.error(f"--heldout must be 1 to {len(HELDOUT_PROMPTS)}")
-    opts = Options(
-        model_dir=args.model,
-        rows=args.rows,
-        heldout=args.heldout,
-        max_new_tokens=args.max_new_tokens,
-        eval_max_new_tokens=args.eval_max_new_tokens,
-        batch_size=args.batch_size,
-        method=args.method,
-        overrides=dict(args.hp),
-        seed=args.seed,
-        device=args.device,
-        use_cache=not args.no_cache,
-        samples=args.samples,
-        adapter=args.adapter,
-    )
+    opts = _options(args)
     threads = args.threads or max(1, (os.cpu_count() or 1) - math.ceil(os.getloadavg()[0]))
     import torch
 
