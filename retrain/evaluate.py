@@ -15,7 +15,8 @@ measured the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,43 @@ class Scorer:
             model = PeftModel.from_pretrained(model, adapter_dir)
         model.eval()
         return cls(model, tokenizer, batch_size)
+
+    @classmethod
+    def load_adapters(
+        cls,
+        base_model: str | Path,
+        adapter_dirs: Mapping[str, Path],
+        *,
+        device: str = "cpu",
+        batch_size: int = 8,
+    ) -> Scorer:
+        """The base loaded once with every adapter of ``adapter_dirs`` under its name, to score
+        several versions (and the bare base) without loading the base for each; ``use`` picks
+        one. The numbers are the same as ``load``'s: PEFT applies the active adapter unmerged
+        either way."""
+        scorer = cls.load(base_model, None, device=device, batch_size=batch_size)
+        for name, adapter_dir in adapter_dirs.items():
+            if isinstance(scorer.model, PeftModel):
+                scorer.model.load_adapter(adapter_dir, adapter_name=name)
+            else:
+                scorer.model = PeftModel.from_pretrained(
+                    scorer.model, adapter_dir, adapter_name=name
+                )
+        scorer.model.eval()
+        return scorer
+
+    @contextmanager
+    def use(self, adapter: str | None) -> Iterator[Scorer]:
+        """Score with the adapter loaded as ``adapter`` by ``load_adapters``; None: the bare
+        base."""
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+            yield self
+        elif isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield self
+        else:
+            yield self
 
     def logprobs(self, items: Sequence[tuple[Text, Text]]) -> list[float]:
         scored = completion_logprobs(self.model, self.tokenizer, items, batch_size=self.batch_size)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base_models import BaseModel, resolve_base
 from adapters.golden import golden_for_gate
@@ -43,6 +44,9 @@ from retrain.gate_rules import (
     thresholds_for,
 )
 from retrain.stats import permutation_test, sign_test
+
+if TYPE_CHECKING:
+    from retrain.evaluate import Scorer  # torch, transformers, PEFT: imported when scoring
 
 log = logging.getLogger("flywheel.gate")
 
@@ -73,13 +77,15 @@ async def _generate_all(
     engine = EmbeddedEngine.from_settings(
         settings, base.path, base.name, max_loras=max(4, len(refs))
     )
+    started = time.perf_counter()
     await engine.start()
+    log.info("gate: engine started, %.1f s", time.perf_counter() - started)
     try:
 
         async def one(ref: AdapterRef | None, item: dict[str, Any], i: int) -> tuple[str, int]:
             messages, prompt = _prompt_of(item)
             request = GenerationRequest(
-                request_id=f"gate-{i}",
+                request_id=f"gate-{i}-{ref.engine_name if ref else 'base'}",
                 adapter=ref,
                 sampling=SamplingParams(max_tokens=settings.gate_max_tokens, temperature=0.0),
                 messages=messages,
@@ -92,13 +98,13 @@ async def _generate_all(
                     tokens = chunk.completion_tokens
             return "".join(text), tokens
 
-        results = []
-        for ref in refs:
-            # All items of one adapter at once: the engine batches them into one pass.
-            results.append(
-                list(await asyncio.gather(*(one(ref, it, i) for i, it in enumerate(items))))
-            )
-        return results
+        # Every version's items at once: the engine decodes them in shared passes (mixed
+        # adapters in one batch), as it serves tenants.
+        flat = await asyncio.gather(
+            *(one(ref, it, i) for ref in refs for i, it in enumerate(items))
+        )
+        n = len(items)
+        return [list(flat[k * n : (k + 1) * n]) for k in range(len(refs))]
     finally:
         await engine.stop()
 
@@ -133,16 +139,9 @@ class Scored:
     undesirable: list[float]
 
 
-def _score(
-    base: BaseModel,
-    settings: Settings,
-    adapter_dir: Path | None,
-    heldout: Heldout,
-    references: list[tuple[Any, str]],
-) -> Scored:
-    from retrain.evaluate import Scorer  # deferred: torch, transformers, PEFT
-
-    scorer = Scorer.load(base.path, adapter_dir, device=settings.device)
+def _score(scorer: Scorer, heldout: Heldout, references: list[tuple[Any, str]]) -> Scored:
+    """One side's held-out preferences and golden reference NLL, with ``scorer``'s active
+    adapter."""
     prefs, margins, good, bad = None, [], [], []
     if heldout.pairs:
         margins = scorer.pair_margins(heldout.pairs)
@@ -196,24 +195,58 @@ def typical_nll(token_logprobs: Sequence[Sequence[float]]) -> float | None:
     return statistics.median(nlls) if nlls else None
 
 
-def _fluency(
-    base: BaseModel, settings: Settings, items: list[dict[str, Any]], sides: list[list[str]]
-) -> list[float | None]:
-    """Each side's typical token NLL (``typical_nll``) of its golden answers under the bare
-    base model."""
-    from retrain.evaluate import Scorer, completion_token_logprobs  # deferred: torch
+def _fluency(scorer: Scorer, items: list[dict[str, Any]], answers: list[str]) -> float | None:
+    """A side's typical token NLL (``typical_nll``) of its golden answers under ``scorer``
+    (the bare base)."""
+    from retrain.evaluate import completion_token_logprobs  # deferred: torch
 
-    scorer = Scorer.load(base.path, None, device=settings.device)
-    out: list[float | None] = []
-    for answers in sides:
-        pairs: list[tuple[Any, str]] = [
-            (_prompt_of(it)[0] or _prompt_of(it)[1], text)
-            for it, text in zip(items, answers, strict=True)
-            if text.strip()
-        ]
-        scored = completion_token_logprobs(scorer.model, scorer.tokenizer, pairs) if pairs else []
-        out.append(typical_nll(scored))
-    return out
+    pairs: list[tuple[Any, str]] = [
+        (_prompt_of(it)[0] or _prompt_of(it)[1], text)
+        for it, text in zip(items, answers, strict=True)
+        if text.strip()
+    ]
+    scored = completion_token_logprobs(scorer.model, scorer.tokenizer, pairs) if pairs else []
+    return typical_nll(scored)
+
+
+def _score_sides(
+    base: BaseModel,
+    settings: Settings,
+    adapter_dirs: list[Path | None],
+    heldout: Heldout,
+    items: list[dict[str, Any]],
+    answers: list[list[str]],
+) -> tuple[list[Scored], list[float | None]]:
+    """Each side's held-out and reference scores (with its adapter; None: the bare base) and
+    the fluency of its golden answers (under the bare base), from one load of the base."""
+    from retrain.evaluate import Scorer  # deferred: torch, transformers, PEFT
+
+    names = [f"side{i}" if d is not None else None for i, d in enumerate(adapter_dirs)]
+    scorer = Scorer.load_adapters(
+        base.path,
+        {n: d for n, d in zip(names, adapter_dirs, strict=True) if n and d},
+        device=settings.device,
+    )
+    references = [
+        (_prompt_of(it)[0] or _prompt_of(it)[1], it["reference"])
+        for it in items
+        if "reference" in it
+    ]
+    scores = []
+    for name in names:
+        started = time.perf_counter()
+        with scorer.use(name) as active:
+            scores.append(_score(active, heldout, references))
+        log.info(
+            "gate: %s scored on %d held-out rows and %d references, %.1f s",
+            name or "the bare base",
+            heldout.size,
+            len(references),
+            time.perf_counter() - started,
+        )
+    with scorer.use(None) as bare:
+        fluency = [_fluency(bare, items, side) for side in answers]
+    return scores, fluency
 
 
 @dataclass
@@ -249,28 +282,30 @@ async def evaluate(
     thresholds: dict[str, float],
 ) -> Verdict:
     refs = [adapter_ref(serving) if serving else None, adapter_ref(candidate)]
+    started = time.perf_counter()
     answers = await _generate_all(base, settings, refs, items)
-    references = [
-        (_prompt_of(it)[0] or _prompt_of(it)[1], it["reference"])
-        for it in items
-        if "reference" in it
-    ]
-    sides, scores = [], []
-    for version, side_answers in zip((serving, candidate), answers, strict=True):
+    log.info(
+        "gate: golden answers, %d items x %d versions, %.1f s",
+        len(items),
+        len(refs),
+        time.perf_counter() - started,
+    )
+    started = time.perf_counter()
+    dirs = [Path(v.path) if v else None for v in (serving, candidate)]
+    texts = [[text for text, _ in side] for side in answers]
+    scores, fluency = await asyncio.to_thread(
+        _score_sides, base, settings, dirs, heldout, items, texts
+    )
+    log.info("gate: scoring, %.1f s", time.perf_counter() - started)
+    sides = []
+    for side_answers, scored, fluent in zip(answers, scores, fluency, strict=True):
         side = _golden_side(items, side_answers)
-        adapter_dir = Path(version.path) if version else None
-        scored = await asyncio.to_thread(_score, base, settings, adapter_dir, heldout, references)
         if scored.prefs is not None:
             side.preference_accuracy = scored.prefs["accuracy"]
             side.mean_margin = scored.prefs["mean_margin"]
         side.reference_nll = scored.nll
+        side.fluency_nll = fluent
         sides.append(side)
-        scores.append(scored)
-    fluency = await asyncio.to_thread(
-        _fluency, base, settings, items, [[text for text, _ in side] for side in answers]
-    )
-    for side, value in zip(sides, fluency, strict=True):
-        side.fluency_nll = value
     return decide(sides[0], sides[1], thresholds, improvement(scores[0], scores[1]))
 
 

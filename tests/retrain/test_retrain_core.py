@@ -479,6 +479,25 @@ def test_tokenization_matches_trl_and_batching_is_exact(demo_base: Path) -> None
     )
 
 
+def test_one_load_scores_each_adapter_and_the_bare_base_as_separate_loads_do(
+    demo_base: Path, demo_adapters: list[Path]
+) -> None:
+    """The gate loads the base once with both sides' adapters (``Scorer.load_adapters``):
+    each side's numbers must be those of its own load, and the bare base's too."""
+    from retrain.evaluate import Scorer
+
+    items = [(p.prompt, p.chosen) for p in _pairs(6, seed=7, chat=True)]
+    shared = Scorer.load_adapters(demo_base, {"a": demo_adapters[0], "b": demo_adapters[1]})
+    for name, adapter in [("a", demo_adapters[0]), (None, None), ("b", demo_adapters[1])]:
+        with shared.use(name) as active:
+            got = active.logprobs(items)
+        assert got == pytest.approx(Scorer.load(demo_base, adapter).logprobs(items), abs=1e-4)
+    with shared.use("a") as active:
+        first = active.logprobs(items)
+    with shared.use("b") as active:
+        assert active.logprobs(items) != pytest.approx(first, abs=1e-3)  # they differ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "chat"), [("dpo", True), ("dpo", False), ("kto", False)])
 def test_evaluation_measures_what_trl_trains(
