@@ -421,7 +421,13 @@ def node(gw: Gateway) -> dict[str, Any]:
     sdk = modules / "node_modules" / "openai"
     required_tool("The OpenAI Node SDK", sdk.exists(), f"make clients; looked for {sdk}")
     script = HERE / "js" / "openai_client.mjs"
-    return run_report(["node", str(script), str(modules), gw.v1, gw.key, ADAPTER, BASE])
+    cases = {
+        "weatherTool": WEATHER_TOOL,
+        "toolTokens": TOOL_TOKENS,
+        "verdictSchema": {**Verdict.model_json_schema(), "additionalProperties": False},
+    }
+    argv = [str(modules), gw.v1, gw.key, ADAPTER, BASE, json.dumps(cases)]
+    return run_report(["node", str(script), *argv])
 
 
 @pytest.mark.slow
@@ -445,3 +451,82 @@ def test_node_sdk(node: dict[str, Any], expected: dict[str, str], gw: Gateway) -
     assert bad["isBadRequest"] and bad["status"] == 400 and bad["param"] == "presence_penalty"
     assert gw.error(**BAD_PARAM)["message"] in bad["message"]
     assert node["models"] == sorted([ADAPTER, BASE])
+
+
+def assert_one_weather_call(answer: dict[str, Any], finish_reason: str) -> dict[str, Any]:
+    """The Node report of a tool-call answer: one call to get_weather with a city of CITIES."""
+    assert answer["finishReason"] == finish_reason, answer
+    (call,) = answer["calls"]
+    assert call["type"] == "function" and call["name"] == "get_weather", call
+    assert answer["content"] is None  # no text beside the call
+    assert call["id"].startswith("call_") and len(call["id"]) > len("call_"), call
+    assert "ok" in call["parsed"], call  # JSON.parse took the arguments
+    assert call["parsed"]["ok"]["city"] in CITIES, call
+    assert json.loads(call["arguments"]) == call["parsed"]["ok"]
+    return dict(call)
+
+
+# A named tool's answer ends with "stop", as OpenAI's does; "required" with "tool_calls".
+NODE_TOOL_FINISH = {"named": "stop", "required": "tool_calls"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", sorted(NODE_TOOL_FINISH))
+def test_node_tools(node: dict[str, Any], how: str) -> None:
+    assert_one_weather_call(node["tools"][how], NODE_TOOL_FINISH[how])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", sorted(NODE_TOOL_FINISH))
+def test_node_tools_streamed_and_reassembled(node: dict[str, Any], how: str) -> None:
+    # chat.completions.stream(...).finalChatCompletion() puts the tool-call pieces together
+    # into the call the same greedy request gets whole (under an id of its own).
+    streamed = assert_one_weather_call(node["toolsStream"][how], NODE_TOOL_FINISH[how])
+    whole = assert_one_weather_call(node["tools"][how], NODE_TOOL_FINISH[how])
+    assert streamed["id"] != whole["id"]
+    assert (streamed["name"], streamed["arguments"]) == (whole["name"], whole["arguments"])
+
+
+@pytest.mark.slow
+def test_node_structured_output(node: dict[str, Any]) -> None:
+    structured = node["structured"]
+    assert structured["finishReason"] == "stop", structured
+    Verdict.model_validate_json(structured["content"])
+
+
+def assert_node_responses(answers: dict[str, Any], status: str) -> str:
+    """One request's answers through the Node SDK's Responses API (plain, streamed event by
+    event, and through responses.stream's finalResponse): all the same text, with ``status``
+    and the stream's last event ``response.<status>``.  Gives the text."""
+    plain, stream = answers["plain"], answers["stream"]
+    text = str(plain["outputText"])
+    assert plain["id"].startswith("resp_") and plain["object"] == "response", plain
+    assert (plain["model"], plain["status"]) == (ADAPTER, status), plain
+    assert text != ""
+    types = stream["eventTypes"]
+    assert types[:2] == ["response.created", "response.in_progress"], types
+    assert "response.output_text.delta" in types and types[-1] == f"response.{status}", types
+    assert stream["text"] == text
+    final = stream["final"]
+    assert final["status"] == status and final["outputText"] == text, final
+    assert final["id"].startswith("resp_") and final["id"] != plain["id"], final
+    assert answers["streamHelper"] == {"status": status, "outputText": text}
+    return text
+
+
+@pytest.mark.slow
+def test_node_responses(node: dict[str, Any], expected: dict[str, str]) -> None:
+    # The Responses API runs the chat path: HELLO's greedy answer, under a response id.  The demo
+    # base never stops by itself, so max_output_tokens (MAX_TOKENS) ends it: "incomplete".
+    answers = node["responses"]["text"]
+    assert assert_node_responses(answers, "incomplete") == expected["chat"]
+    assert answers["plain"]["incompleteDetails"] == {"reason": "max_output_tokens"}
+    assert answers["plain"]["outputTokens"] == MAX_TOKENS
+
+
+@pytest.mark.slow
+def test_node_responses_json_schema(node: dict[str, Any]) -> None:
+    # text.format's schema holds the answer to a grammar, whose end ends it: "completed".
+    answers = node["responses"]["verdict"]
+    Verdict.model_validate_json(assert_node_responses(answers, "completed"))
+    assert answers["plain"]["incompleteDetails"] is None
