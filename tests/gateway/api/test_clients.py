@@ -130,7 +130,7 @@ def gw(
             stop = asyncio.Event()
             app = create_app(settings)
             async with serve_on_socket(app) as url:
-                async with httpx.AsyncClient(base_url=url) as client:
+                async with httpx.AsyncClient(base_url=url, timeout=120) as client:
                     assert (await client.get("/healthz")).status_code == 200  # lifespan ran
                 tenant = await seed_tenant(
                     app.state.flywheel.db, settings, "acme", {ADAPTER: demo_adapters[0]}
