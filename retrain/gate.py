@@ -66,6 +66,12 @@ def _prompt_of(item: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str |
     return (item.get("messages"), None) if "messages" in item else (None, item["prompt"])
 
 
+def _scoring_prompt(item: dict[str, Any]) -> Any:
+    """The item's prompt as the scorer takes it: its chat messages, or its plain text."""
+    messages, prompt = _prompt_of(item)
+    return messages or prompt
+
+
 async def _generate_all(
     base: BaseModel, settings: Settings, refs: list[AdapterRef | None], items: list[dict[str, Any]]
 ) -> list[list[tuple[str, int]]]:
@@ -201,9 +207,7 @@ def _fluency(scorer: Scorer, items: list[dict[str, Any]], answers: list[str]) ->
     from retrain.evaluate import completion_token_logprobs  # deferred: torch
 
     pairs: list[tuple[Any, str]] = [
-        (_prompt_of(it)[0] or _prompt_of(it)[1], text)
-        for it, text in zip(items, answers, strict=True)
-        if text.strip()
+        (_scoring_prompt(it), text) for it, text in zip(items, answers, strict=True) if text.strip()
     ]
     scored = completion_token_logprobs(scorer.model, scorer.tokenizer, pairs) if pairs else []
     return typical_nll(scored)
@@ -227,11 +231,7 @@ def _score_sides(
         {n: d for n, d in zip(names, adapter_dirs, strict=True) if n and d},
         device=settings.device,
     )
-    references = [
-        (_prompt_of(it)[0] or _prompt_of(it)[1], it["reference"])
-        for it in items
-        if "reference" in it
-    ]
+    references = [(_scoring_prompt(it), it["reference"]) for it in items if "reference" in it]
     scores = []
     for name in names:
         started = time.perf_counter()

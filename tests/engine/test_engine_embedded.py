@@ -624,7 +624,7 @@ def test_prepacked_linears_give_the_same_numbers() -> None:
         pytest.skip("no oneDNN in this torch build")
     if not native_bf16_cpu():
         # prepack_linears' own probe refuses the packed path here (it must: the numbers would
-        # differ), so there is nothing packed to compare; the probe's refusal is checked below.
+        # differ), so there is nothing packed to compare: check that refusal instead.
         torch.manual_seed(0)
         plain = nn.Sequential(nn.Linear(64, 96)).to(torch.bfloat16).eval()
         assert prepack_linears(plain) == 0
